@@ -1,0 +1,486 @@
+"""The per-user churn-warning state machine: three levels, episodes, cooldown, recovery.
+
+Rules, each mapped to a level (thresholds in :class:`AlertConfig`):
+
+=================  =====  =========================================================
+rule               level  fires when
+=================  =====  =========================================================
+``activity_drop``  1      recent 7-day activity >= 30 % below the user's baseline,
+                          and the baseline holds at least ``min_baseline`` events
+``no_interaction`` 2      no interaction for 60 days
+``no_login``       3      no login for 90 days
+=================  =====  =========================================================
+
+The model's churn probability can lift the level through ``model_thresholds``
+(default p >= 0.6 -> at least 1, p >= 0.8 -> at least 2). The level is recomputed from
+scratch on every signal, so it rises and falls with the observations; only *announcing*
+it is stateful:
+
+* An **episode** opens when the level first becomes >= 1 and closes when the user comes
+  back: an ``activity`` signal whose level (rules and model) is 0. A high score therefore
+  keeps an episode open even after some activity: operators are not told "recovered"
+  while the model still expects the user to leave.
+* Within an episode a warning is emitted only for a level above every level already
+  emitted, so no level is announced twice and a drop then re-rise is silent. A level can
+  fall without any record (de-escalation is silent).
+* Two warnings of one user are at least ``cooldown_s`` apart. A suppressed escalation is
+  emitted by the first later signal past the cooldown if still valid;
+  :func:`next_deadline` schedules that signal.
+* A closing episode emits exactly one ``recovered``, unless none of its warnings was
+  emitted (all suppressed), in which case it closes silently.
+
+Everything is pure and deterministic: ids are hashes of the inputs, times are event times,
+so replaying the same signals gives byte-identical records.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from stream_app.playbook import Playbook, load_playbook
+from stream_app.tiers import TierState
+
+DAY_S = 86_400.0
+Scalar = float | str | bool | None
+LEVEL_NAMES: dict[int, str] = {1: "watch", 2: "warning", 3: "critical"}
+_EPS_DAYS = 1e-9
+
+
+class WindowView(Protocol):
+    """Read-only view of a user's activity windows (implemented by the window store)."""
+
+    @property
+    def last_seen(self) -> float: ...
+
+    @property
+    def first_seen(self) -> float: ...
+
+    def last_seen_in(self, dim: str) -> float | None: ...
+
+    def baseline(self, dim: str, now: float) -> float: ...
+
+    def drop_ratio(self, dim: str, now: float) -> float | None: ...
+
+    def total(self, dim: str, days: int, now: float) -> float: ...
+
+    def tenure_days(self, now: float) -> float: ...
+
+    def days_active(self, days: int, now: float) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AlertConfig:
+    """Thresholds of the warning rules (defaults are the operators' rules).
+
+    ``interaction_dims`` and ``login_dims`` name the window dimensions that count as an
+    interaction or a login; the most recent event across them is used. A user who never
+    had an event in any of them (or whose view does not track them) falls back to their
+    last event of any kind, so a source that does not emit such events cannot make every
+    user look absent since day one. A purchase-only log maps purchases to both.
+    """
+
+    drop_threshold: float = 0.30
+    min_baseline: float = 3.0
+    drop_dim: str = "activity"
+    no_interaction_days: float = 60.0
+    no_login_days: float = 90.0
+    interaction_dims: tuple[str, ...] = ("interactions",)
+    login_dims: tuple[str, ...] = ("logins",)
+    model_thresholds: tuple[tuple[float, int], ...] = ((0.6, 1), (0.8, 2))
+    cooldown_s: float = DAY_S
+    max_reasons: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.drop_threshold <= 1.0:
+            raise ValueError("drop_threshold must be within (0, 1]")
+        if self.no_interaction_days <= 0 or self.no_login_days <= 0:
+            raise ValueError("absence thresholds must be positive")
+        if self.cooldown_s < 0:
+            raise ValueError("cooldown_s must not be negative")
+        for threshold, level in self.model_thresholds:
+            if level not in LEVEL_NAMES or not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"bad model threshold ({threshold}, {level})")
+        if not 1 <= self.max_reasons <= 5:
+            raise ValueError("max_reasons must be within 1..5")
+
+
+@dataclass(frozen=True, slots=True)
+class RuleObservation:
+    """What the rules look at for one user at one instant.
+
+    ``drop_ratio`` is ``1 - recent7 / baseline`` of ``drop_dim`` (``None`` with no
+    baseline). ``last_*_at`` give absence warnings their exact onset instant; when absent
+    the onset is derived from the ``days_since_*`` values.
+    """
+
+    drop_ratio: float | None
+    baseline: float
+    days_since_interaction: float
+    days_since_login: float
+    last_interaction_at: float | None = None
+    last_login_at: float | None = None
+
+
+def _last_seen_in(view: WindowView, dim: str) -> float | None:
+    try:
+        return view.last_seen_in(dim)
+    except KeyError:
+        return None
+
+
+def _last_in(view: WindowView, dims: Sequence[str]) -> float:
+    seen = [t for t in (_last_seen_in(view, d) for d in dims) if t is not None]
+    return max(seen) if seen else view.last_seen
+
+
+def observe(view: WindowView, now: float, cfg: AlertConfig) -> RuleObservation:
+    """Rule observations of a user at ``now`` from their window view."""
+    last_i = _last_in(view, cfg.interaction_dims)
+    last_l = _last_in(view, cfg.login_dims)
+    return RuleObservation(
+        drop_ratio=view.drop_ratio(cfg.drop_dim, now),
+        baseline=view.baseline(cfg.drop_dim, now),
+        days_since_interaction=max(0.0, (now - last_i) / DAY_S),
+        days_since_login=max(0.0, (now - last_l) / DAY_S),
+        last_interaction_at=last_i,
+        last_login_at=last_l,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One reason to re-evaluate a user, at event time ``at`` (epoch seconds).
+
+    ``kind`` is ``activity`` when an event of the user was just applied, ``tick`` when a
+    deadline passed or a periodic re-score ran. ``probability`` (0..1) and ``percentile``
+    (0..100) are the current score, ``source`` says where it came from (e.g. ``model`` or
+    ``prior``), ``reasons`` are ``(feature, value, contribution)`` triples.
+    """
+
+    kind: Literal["activity", "tick"]
+    at: float
+    obs: RuleObservation
+    probability: float
+    percentile: float
+    reasons: Sequence[tuple[str, Scalar, float]] = ()
+    model_version: str = "unknown"
+    source: str = "model"
+    tiers: TierState = field(default_factory=TierState)
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """A record to publish: ``record`` is ``warning`` or ``recovered``."""
+
+    record: Literal["warning", "recovered"]
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WarningState:
+    """A user's warning state between signals.
+
+    ``level`` is the current level (0..3), ``episode`` the number of the latest episode
+    (0 before the first), ``open`` whether it is still running, ``started_at`` its onset,
+    ``emitted`` the levels announced in it and ``last_emit_at`` the time of the user's
+    latest warning (for the cooldown; kept across episodes).
+
+    >>> s = WarningState(level=2, episode=3, open=True, started_at=1.7e9, emitted=frozenset({2}))
+    >>> WarningState.from_bytes(s.to_bytes()) == s, len(s.to_bytes())
+    (True, 14)
+    """
+
+    level: int = 0
+    episode: int = 0
+    open: bool = False
+    started_at: float = 0.0
+    emitted: frozenset[int] = frozenset()
+    last_emit_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.level not in (0, 1, 2, 3) or not self.emitted <= {1, 2, 3}:
+            raise ValueError("levels must be within 0..3")
+        if not 0 <= self.episode < 2**32:
+            raise ValueError("episode out of range")
+
+    @property
+    def peak(self) -> int:
+        """Highest level announced in the current episode (0 if none)."""
+        return max(self.emitted, default=0)
+
+    def to_bytes(self) -> bytes:
+        """Compact encoding: version, flags, episode, start, and last emission if any."""
+        flags = self.level | (self.open << 2) | (self.last_emit_at is not None) << 3
+        for lv in self.emitted:
+            flags |= 1 << (3 + lv)
+        out = struct.pack("<BBId", 1, flags, self.episode, self.started_at)
+        if self.last_emit_at is not None:
+            out += struct.pack("<d", self.last_emit_at)
+        return out
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> WarningState:
+        """Inverse of :meth:`to_bytes`."""
+        version, flags, episode, started_at = struct.unpack_from("<BBId", data)
+        if version != 1:
+            raise ValueError(f"unknown WarningState encoding version {version}")
+        has_last = bool(flags & 8)
+        last = struct.unpack_from("<d", data, 14)[0] if has_last else None
+        return cls(
+            level=flags & 3,
+            episode=episode,
+            open=bool(flags & 4),
+            started_at=started_at,
+            emitted=frozenset(lv for lv in (1, 2, 3) if flags & (1 << (3 + lv))),
+            last_emit_at=last,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Trigger:
+    rule: str
+    level: int
+    threshold: float
+    observed: float
+    unit: str
+    onset: float
+
+
+def _rules(obs: RuleObservation, at: float, cfg: AlertConfig) -> list[_Trigger]:
+    fired: list[_Trigger] = []
+    if (
+        obs.drop_ratio is not None
+        and obs.baseline >= cfg.min_baseline
+        and obs.drop_ratio >= cfg.drop_threshold
+    ):
+        fired.append(_Trigger("activity_drop", 1, cfg.drop_threshold, obs.drop_ratio, "ratio", at))
+    absences = (
+        ("no_interaction", 2, obs.days_since_interaction, obs.last_interaction_at),
+        ("no_login", 3, obs.days_since_login, obs.last_login_at),
+    )
+    for rule, level, days, last in absences:
+        limit = cfg.no_interaction_days if level == 2 else cfg.no_login_days
+        if days >= limit - _EPS_DAYS:
+            onset = last + limit * DAY_S if last is not None else at - (days - limit) * DAY_S
+            fired.append(_Trigger(rule, level, limit, days, "days", min(onset, at)))
+    return fired
+
+
+def _model(probability: float, cfg: AlertConfig) -> tuple[float, int] | None:
+    met = [
+        (level, threshold) for threshold, level in cfg.model_thresholds if probability >= threshold
+    ]
+    if not met:
+        return None
+    level, threshold = max(met)
+    return threshold, level
+
+
+def level_of(signal: Signal, cfg: AlertConfig) -> int:
+    """Current level (0..3) the observations and the score call for."""
+    fired = _rules(signal.obs, signal.at, cfg)
+    hit = _model(signal.probability, cfg)
+    return max([t.level for t in fired] + [hit[1] if hit else 0])
+
+
+def _stable_id(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def _rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def is_holdout(user_id: str, share: float, salt: str = "") -> bool:
+    """Whether a user belongs to the control group that gets no action.
+
+    A stable hash (not Python's salted ``hash()``) keeps the assignment identical across
+    processes, restarts and replays; changing ``salt`` draws a fresh group.
+
+    >>> is_holdout("u1", 0.0), is_holdout("u1", 1.0)
+    (False, True)
+    """
+    digest = hashlib.sha256(f"{salt}\x1f{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < share
+
+
+@functools.cache
+def _default_playbook() -> Playbook:
+    return load_playbook()
+
+
+def _warning(
+    state: WarningState,
+    level: int,
+    episode: int,
+    signal: Signal,
+    fired: list[_Trigger],
+    hit: tuple[float, int] | None,
+    cfg: AlertConfig,
+    user_id: str,
+    holdout: bool,
+    playbook: Playbook,
+) -> dict[str, Any]:
+    onsets = [t.onset for t in fired if t.level == level]
+    if hit is not None and hit[1] == level:
+        onsets.append(signal.at)
+    reasons = sorted(signal.reasons, key=lambda r: (-abs(r[2]), r[0]))[: cfg.max_reasons]
+    tiers = signal.tiers
+    rfm = tiers.rfm
+    return {
+        "warning_id": _stable_id(user_id, str(level), str(episode)),
+        "user_id": user_id,
+        "level": level,
+        "level_name": LEVEL_NAMES[level],
+        "previous_level": state.peak,
+        "episode": episode,
+        "churn_probability": signal.probability,
+        "percentile": signal.percentile,
+        "triggers": {
+            "rules": [
+                {
+                    "rule": t.rule,
+                    "threshold": t.threshold,
+                    "observed": round(t.observed, 4),
+                    "unit": t.unit,
+                }
+                for t in fired
+            ],
+            "model": None
+            if hit is None
+            else {"threshold": hit[0], "probability": signal.probability},
+        },
+        "reasons": [{"feature": f, "value": v, "contribution": c} for f, v, c in reasons],
+        "tiers": {
+            "lifecycle": tiers.lifecycle,
+            "value_segment": tiers.value_segment,
+            "rfm": None if rfm is None else {"r": rfm[0], "f": rfm[1], "m": rfm[2]},
+        },
+        "suggested_action": playbook.action(level, tiers.value_segment),
+        "holdout": holdout,
+        "event_time": _rfc3339(min(onsets)),
+        "emitted_at": None,
+        "model_version": signal.model_version,
+        "source": "rules" if any(t.level == level for t in fired) else signal.source,
+    }
+
+
+def step(
+    state: WarningState,
+    signal: Signal,
+    cfg: AlertConfig,
+    *,
+    user_id: str,
+    holdout: bool,
+    playbook: Playbook | None = None,
+) -> tuple[WarningState, list[Emit]]:
+    """Advance a user's warning state by one signal and return the records to publish.
+
+    A warning's ``event_time`` is the onset of what triggered it: for an absence rule the
+    exact deadline (last interaction + 60 d), not the time the sweep ran; otherwise the
+    signal's time. ``previous_level`` is the highest level already announced in the
+    episode. ``source`` is ``rules`` when a rule alone accounts for the level, else the
+    score's source. ``emitted_at`` is left ``None`` (deterministic); a publisher may stamp
+    it. ``holdout`` users get the same records, flagged, so downstream systems can
+    withhold the action and the uplift can be measured.
+
+    >>> cfg = AlertConfig()
+    >>> quiet = RuleObservation(None, 0.0, days_since_interaction=61, days_since_login=61)
+    >>> tick = Signal("tick", 1e9, quiet, probability=0.3, percentile=40.0)
+    >>> s, out = step(WarningState(), tick, cfg, user_id="u", holdout=False)
+    >>> s.level, s.episode, [e.payload["level_name"] for e in out]
+    (2, 1, ['warning'])
+    >>> back = RuleObservation(None, 0.0, days_since_interaction=0, days_since_login=0)
+    >>> seen = Signal("activity", 1e9 + 60, back, probability=0.1, percentile=5.0)
+    >>> s, out = step(s, seen, cfg, user_id="u", holdout=False)
+    >>> s.open, [e.record for e in out]
+    (False, ['recovered'])
+    """
+    at = signal.at
+    fired = _rules(signal.obs, at, cfg)
+    hit = _model(signal.probability, cfg)
+    level = max([t.level for t in fired] + [hit[1] if hit else 0])
+
+    if level == 0:
+        if state.open and signal.kind == "activity":
+            emits: list[Emit] = []
+            if state.emitted:
+                emits.append(
+                    Emit(
+                        "recovered",
+                        {
+                            "recovery_id": _stable_id(user_id, str(state.episode), "recovered"),
+                            "user_id": user_id,
+                            "episode": state.episode,
+                            "previous_level": state.peak,
+                            "episode_started_at": _rfc3339(state.started_at),
+                            "event_time": _rfc3339(at),
+                            "episode_duration_s": max(0.0, at - state.started_at),
+                            "holdout": holdout,
+                            "model_version": signal.model_version,
+                        },
+                    )
+                )
+            closed = WarningState(episode=state.episode, last_emit_at=state.last_emit_at)
+            return closed, emits
+        return replace(state, level=0), []
+
+    if not state.open:
+        onsets = [t.onset for t in fired if t.level == level] or [at]
+        state = WarningState(
+            level=level,
+            episode=state.episode + 1,
+            open=True,
+            started_at=min(onsets),
+            last_emit_at=state.last_emit_at,
+        )
+    cooled = state.last_emit_at is None or at - state.last_emit_at >= cfg.cooldown_s
+    if level > state.peak and cooled:
+        payload = _warning(
+            state,
+            level,
+            state.episode,
+            signal,
+            fired,
+            hit,
+            cfg,
+            user_id,
+            holdout,
+            playbook or _default_playbook(),
+        )
+        new = replace(state, level=level, emitted=state.emitted | {level}, last_emit_at=at)
+        return new, [Emit("warning", payload)]
+    return replace(state, level=level), []
+
+
+def next_deadline(view: WindowView, state: WarningState, cfg: AlertConfig) -> float | None:
+    """Next event time at which this user must be re-evaluated if nothing happens.
+
+    The earliest of last interaction + ``no_interaction_days`` and last login +
+    ``no_login_days``, for levels above those already announced in the episode; and the
+    end of the cooldown when an escalation is waiting for it. Deadlines falling inside the
+    cooldown move to its end, where they would be emitted. ``None`` when nothing is
+    pending. The engine should call :func:`step` with a ``tick`` at exactly this time; it
+    should also run a user's due deadlines before applying a later event of that user,
+    or an event arriving ahead of the sweep would hide the absence.
+    """
+    peak = state.peak if state.open else 0
+    cool_end = (
+        state.last_emit_at + cfg.cooldown_s if state.last_emit_at is not None else float("-inf")
+    )
+    candidates: list[float] = []
+    if peak < 2:
+        candidates.append(_last_in(view, cfg.interaction_dims) + cfg.no_interaction_days * DAY_S)
+    if peak < 3:
+        candidates.append(_last_in(view, cfg.login_dims) + cfg.no_login_days * DAY_S)
+    if state.open and state.level > peak:
+        candidates.append(cool_end)
+    if not candidates:
+        return None
+    return max(min(candidates), cool_end)

@@ -1,0 +1,90 @@
+"""The Faust app: topics, one agent, a timer and web views. Orchestration only.
+
+Everything that decides something lives in the pure core (:mod:`stream_app.engine` and the
+modules it calls); the agent hands batches to :class:`stream_app.processor.Processor` and the
+views read from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from stream_app import web
+from stream_app.core import build_core
+from stream_app.kafka_clients import faust_credentials, redis_client
+from stream_app.metrics import Metrics
+from stream_app.processor import Processor
+from stream_app.records import REASONS, OutRecord
+from stream_app.settings import Settings
+from stream_app.store import RedisWindowStore
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the worker's Faust app from the settings."""
+    datadir = settings.embedded_run_dir / "faust" / settings.app_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{s.strip()}" for s in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),
+        value_serializer="raw",
+        key_serializer="raw",
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        topic_disable_leader=True,
+        topic_partitions=settings.partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_rebalance_timeout=8,
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
+        producer_acks=-1,
+        autodiscover=False,
+        datadir=str(datadir),
+    )
+    topics = {
+        "events": app.topic(settings.topic_events, value_type=bytes, key_type=bytes),
+        "dlq": app.topic(settings.topic_dlq, value_type=bytes, key_type=bytes),
+        "warnings": app.topic(settings.topic_warnings, value_type=bytes, key_type=bytes),
+        "tiers": app.topic(settings.topic_tiers, value_type=bytes, key_type=bytes),
+    }
+    registry = CollectorRegistry()
+    core = build_core(settings)
+    metrics = Metrics.create(
+        registry,
+        known_kinds=frozenset(core.windows.dimensions),
+        invalid_reasons=sorted(REASONS),
+        redis_ops=("load_partition", "due_users", "load_users", "commit", "ping"),
+    )
+    store = RedisWindowStore(redis_client(settings), settings.key_prefix)
+
+    async def send(record: OutRecord) -> Any:
+        topic = topics[record.topic_role]
+        return await topic.send(key=record.key, value=record.value, headers=record.headers)
+
+    processor = Processor(settings, core, store, metrics, send)
+
+    @app.agent(topics["events"], name="churn-score")
+    async def score(stream: Any) -> None:
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+            await processor.handle([event.message for event in batch])
+
+    @app.timer(settings.sweep_interval_s)  # type: ignore[untyped-decorator]
+    async def sweep() -> None:
+        if settings.clock == "live":
+            await processor.sweep(time.time() - settings.live_clock_slack_s)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        for tp in revoked:
+            processor.revoke(tp.topic, tp.partition)
+
+    web.register(app, processor, registry, settings)
+    return app

@@ -1,0 +1,289 @@
+"""The per-partition processing core: pure, sequential, deterministic, no I/O.
+
+A partition is the unit of work. Its engine holds the partition's watermark, model, label
+book, RFM sketches and absence deadlines, and processes events strictly one after another:
+advance the watermark (fire the absence deadlines and mature the labels it passed), apply the
+event to the user's windows, score, step the warning state machine and the tiers. Batches are
+only an I/O grouping, so the output of a replay does not depend on how it was batched; the
+caller loads the users a batch needs in one round trip and commits the result in another.
+"""
+
+from __future__ import annotations
+
+import heapq
+import pickle
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from stream_app import alerts, tiers
+from stream_app.core import Core
+from stream_app.features import features
+from stream_app.model.labels import LabelBook
+from stream_app.model.learner import ChurnScorer, Score
+from stream_app.records import AppEvent
+from stream_app.userrecord import UserRecord
+from stream_app.windows import Outcome, UserWindows, WindowsBuilder, expired
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A record to publish: ``role`` is ``warning``, ``recovered`` or ``tier``."""
+
+    role: str
+    user_id: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class BatchResult:
+    """What one batch changed: records to publish, state to write, counts for metrics."""
+
+    outputs: list[Output] = field(default_factory=list)
+    late: list[int] = field(default_factory=list)
+    users: dict[str, UserRecord | None] = field(default_factory=dict)
+    due: dict[str, float | None] = field(default_factory=dict)
+    applied: int = 0
+    duplicates: int = 0
+    scores: list[float] = field(default_factory=list)
+    labels: list[bool] = field(default_factory=list)
+    switches: list[str] = field(default_factory=list)
+    drift: int = 0
+
+
+@dataclass
+class _Partition:
+    """The partition-level state saved with every batch."""
+
+    watermark: float
+    scorer: ChurnScorer
+    labels: LabelBook
+    rfm: tiers.RfmSketches
+
+
+class PartitionEngine:
+    """Processes one partition's events in order; see the module docstring."""
+
+    def __init__(
+        self, core: Core, blob: bytes | None = None, due: Mapping[str, float] | None = None
+    ) -> None:
+        self.core = core
+        self.state = _load_partition(core, blob)
+        self._due: dict[str, float] = dict(due or {})
+        self._heap: list[tuple[float, str]] = [(t, u) for u, t in self._due.items()]
+        heapq.heapify(self._heap)
+
+    @property
+    def watermark(self) -> float:
+        """Event time up to which this partition has been processed."""
+        return self.state.watermark
+
+    def users_needed(self, events: Sequence[AppEvent], until: float | None = None) -> set[str]:
+        """Users a batch will touch: its own, and those whose deadline it will pass."""
+        horizon = max((e.occurred_at for e in events), default=float("-inf"))
+        if until is not None:
+            horizon = max(horizon, until)
+        needed = {e.user_id for e in events}
+        needed.update(u for t, u in self._heap if t <= horizon and self._due.get(u) == t)
+        return needed
+
+    def process(
+        self,
+        events: Sequence[AppEvent],
+        records: dict[str, UserRecord | None],
+        *,
+        until: float | None = None,
+    ) -> BatchResult:
+        """Apply ``events`` in order (then advance to ``until``); ``records`` is updated."""
+        out = BatchResult()
+        for index, event in enumerate(events):
+            self._advance(event.occurred_at, records, out)
+            self._apply(index, event, records, out)
+        if until is not None:
+            self._advance(until, records, out)
+        return out
+
+    def snapshot(self) -> bytes:
+        """The partition state as deterministic bytes, to commit with the batch."""
+        st = self.state
+        parts = (st.watermark, st.scorer.to_bytes(), st.labels.to_bytes(), st.rfm.to_bytes())
+        return zlib.compress(pickle.dumps(parts, protocol=5), 1)
+
+    def score_user(self, record: UserRecord, now: float) -> tuple[dict[str, float], Score]:
+        """Features and score of a user at ``now`` without changing anything."""
+        x = features(record.windows, now, self.core.features)
+        return x, self.state.scorer.score(x, count=False)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _advance(self, t: float, records: dict[str, UserRecord | None], out: BatchResult) -> None:
+        if t <= self.state.watermark:
+            return
+        self.state.watermark = t
+        scorer = self.state.scorer
+        drifts = scorer.drifts
+        for x, churned in self.state.labels.mature(t):
+            if scorer.learn(x, churned) is not None:
+                out.switches.append(scorer.source)
+            out.labels.append(churned)
+        out.drift += scorer.drifts - drifts
+        heap = self._heap
+        while heap and heap[0][0] <= t:
+            deadline, user = heapq.heappop(heap)
+            if self._due.get(user) != deadline:
+                continue
+            del self._due[user]
+            self._tick(user, deadline, records, out)
+
+    def _tick(
+        self, user: str, at: float, records: dict[str, UserRecord | None], out: BatchResult
+    ) -> None:
+        record = records.get(user)
+        if record is None:
+            return
+        if expired(record.windows, at, self.core.windows):
+            records[user] = out.users[user] = None
+            self._set_due(user, None, out)
+            return
+        self._evaluate(user, record, "tick", at, records, out)
+
+    def _apply(
+        self, index: int, event: AppEvent, records: dict[str, UserRecord | None], out: BatchResult
+    ) -> None:
+        user = event.user_id
+        record = records.get(user)
+        builder = WindowsBuilder(self.core.windows, record.windows if record else None)
+        outcome = builder.apply(event)
+        if outcome is Outcome.LATE:
+            out.late.append(index)
+            return
+        if outcome is Outcome.DUPLICATE:
+            out.duplicates += 1
+            return
+        out.applied += 1
+        win = builder.freeze()
+        record = replace(record, windows=win) if record else UserRecord(win)
+        self.state.labels.on_activity(user, event.occurred_at)
+        self._evaluate(user, record, "activity", event.occurred_at, records, out)
+
+    def _evaluate(
+        self,
+        user: str,
+        record: UserRecord,
+        kind: str,
+        at: float,
+        records: dict[str, UserRecord | None],
+        out: BatchResult,
+    ) -> None:
+        core, st = self.core, self.state
+        x = features(record.windows, at, core.features)
+        score = st.scorer.score(x)
+        st.labels.on_score(user, at, x)
+        out.scores.append(score.probability)
+        record = self._tiers(user, record, at, score, out)
+        signal = alerts.Signal(
+            kind="activity" if kind == "activity" else "tick",
+            at=at,
+            obs=alerts.observe(record.windows, at, core.alerts),
+            probability=score.probability,
+            percentile=score.percentile,
+            reasons=score.reasons,
+            model_version=score.version,
+            source=score.source,
+            tiers=record.tiers,
+        )
+        holdout = alerts.is_holdout(user, core.holdout_share, core.holdout_salt)
+        state, emits = alerts.step(
+            record.alert,
+            signal,
+            core.alerts,
+            user_id=user,
+            holdout=holdout,
+            playbook=core.playbook,
+        )
+        record = replace(record, alert=state)
+        for emit in emits:
+            level = int(emit.payload.get("level", 0)) if emit.record == "warning" else 0
+            record = record.remember(level, at)
+            out.outputs.append(Output(emit.record, user, emit.payload))
+        records[user] = out.users[user] = record
+        self._set_due(user, self._next_deadline(record, at), out)
+
+    def _tiers(
+        self, user: str, record: UserRecord, at: float, score: Score, out: BatchResult
+    ) -> UserRecord:
+        core, st = self.core, self.state
+        prev = record.tiers
+        stage = tiers.lifecycle(
+            record.windows,
+            at,
+            record.alert.level,
+            score.probability,
+            core.tiers,
+            previous=prev.lifecycle,
+        )
+        values = tiers.rfm_values(record.windows, at, core.tiers)
+        st.rfm, bins = st.rfm.update(prev.rfm_bins, values)
+        rfm = segment = None
+        if st.rfm.n >= core.tiers.min_population:
+            rfm = st.rfm.scores(values, prev.rfm, core.tiers.score_margin)
+            segment = tiers.segment_of(rfm)
+        state, changes = tiers.step_tiers(
+            prev, stage, segment, rfm, at, user, rfm_bins=bins, bucket_s=core.tiers.change_bucket_s
+        )
+        out.outputs.extend(Output("tier", user, change) for change in changes)
+        return replace(record, tiers=state)
+
+    def _next_deadline(self, record: UserRecord, now: float) -> float | None:
+        core = self.core
+        last = record.windows.last_seen
+        rescore = next(
+            (last + d * DAY_S for d in core.rescore_after_days if last + d * DAY_S > now), None
+        )
+        candidates = [
+            alerts.next_deadline(record.windows, record.alert, core.alerts),
+            tiers.next_lifecycle_deadline(record.windows, now, core.tiers),
+            last + core.windows.retention_days * DAY_S,
+            rescore,
+        ]
+        future = [t for t in candidates if t is not None and t > now]
+        return min(future) if future else None
+
+    def _set_due(self, user: str, deadline: float | None, out: BatchResult) -> None:
+        if deadline is None:
+            self._due.pop(user, None)
+        else:
+            self._due[user] = deadline
+            heapq.heappush(self._heap, (deadline, user))
+        out.due[user] = deadline
+
+    def compact(self) -> None:
+        """Drop stale heap entries (deadlines that were replaced)."""
+        self._heap = [(t, u) for u, t in self._due.items()]
+        heapq.heapify(self._heap)
+
+    def due_count(self) -> int:
+        """Users with a pending deadline."""
+        return len(self._due)
+
+
+def _load_partition(core: Core, blob: bytes | None) -> _Partition:
+    if blob is None:
+        return _Partition(
+            float("-inf"), core.new_scorer(), core.new_labels(), tiers.RfmSketches.empty(core.tiers)
+        )
+    watermark, scorer, labels, rfm = pickle.loads(zlib.decompress(blob))
+    return _Partition(
+        watermark,
+        ChurnScorer.from_bytes(scorer),
+        LabelBook.from_bytes(labels),
+        tiers.RfmSketches.from_bytes(rfm),
+    )
+
+
+def views(records: Iterable[UserRecord]) -> list[UserWindows]:
+    """The window views of some records (for tools that score many users)."""
+    return [r.windows for r in records]

@@ -1,0 +1,286 @@
+"""Turn one user's activity state into the feature vector the churn scorer reads.
+
+Every feature is a plain function of the window state and the event-time clock ``now``, so
+the same state scored at the same instant always gives the same vector, whether the caller
+is the per-event path or a periodic sweep. Counts are log-scaled because activity is
+heavy-tailed; recency is compared with the user's tenure and with their own typical gap,
+because "ten days away" means churn for a daily user and nothing for a monthly one.
+
+Examples
+--------
+>>> view = _ListView.of([(0.0, "activity", 1.0), (20 * DAY, "activity", 1.0)])
+>>> x = features(view, now=30 * DAY, cfg=FeatureConfig(dims=("activity",)))
+>>> round(x["recency_days"], 1), round(x["tenure_log"], 3), x["one_time"]
+(10.0, 3.434, 0.0)
+>>> round(x["recency_gap_ratio"], 3)  # ten days away after a twenty-day gap
+0.405
+>>> tuple(x) == feature_names(FeatureConfig(dims=("activity",)))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+from typing import Protocol
+
+__all__ = [
+    "DAY",
+    "DEFAULT_DIMS",
+    "FEATURE_NAMES",
+    "ActivityView",
+    "FeatureConfig",
+    "feature_names",
+    "features",
+]
+
+DAY = 86_400.0
+DEFAULT_DIMS: tuple[str, ...] = (
+    "activity",
+    "sessions",
+    "logins",
+    "online_minutes",
+    "core_actions",
+    "interactions",
+    "social",
+    "purchases",
+    "spend",
+)
+
+
+class ActivityView(Protocol):
+    """Read-only view of one user's activity windows, as kept by the window state.
+
+    ``lifetime`` and ``lifetime_days_active`` are lifetime scalars beyond the ~13 weeks of
+    bucketed detail; :func:`features` falls back to the 13-week window when a view lacks
+    them, so they are looked up with ``getattr`` rather than called directly.
+    """
+
+    @property
+    def first_seen(self) -> float: ...
+
+    @property
+    def last_seen(self) -> float: ...
+
+    def tenure_days(self, now: float) -> float: ...
+
+    def last_seen_in(self, dim: str) -> float | None: ...
+
+    def total(self, dim: str, days: int, now: float) -> float: ...
+
+    def days_active(self, days: int, now: float) -> int: ...
+
+    def baseline(self, dim: str, now: float) -> float: ...
+
+    def drop_ratio(self, dim: str, now: float) -> float | None: ...
+
+    def counterparts_estimate(self) -> int: ...
+
+    def dimensions(self) -> tuple[str, ...]: ...
+
+    def lifetime(self, dim: str) -> float: ...
+
+    def lifetime_days_active(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """Which dimensions and horizons become features.
+
+    Parameters
+    ----------
+    dims
+        Dimensions that get per-dimension counts, recency and trend. Keep it to the ones the
+        app actually feeds: each costs a handful of window look-ups per score. Dimensions
+        the view does not know read as "never seen".
+    horizons
+        Trailing windows in days for the per-dimension counts.
+    activity_dim
+        The dimension that defines "being active" for recency, tenure and frequency.
+    spend_dim
+        The monetary dimension, or ``None`` when the app has no spend.
+    fallback_days
+        Window used for lifetime aggregates when the view does not keep them.
+    """
+
+    dims: tuple[str, ...] = DEFAULT_DIMS
+    horizons: tuple[int, ...] = (7, 28)
+    activity_dim: str = "activity"
+    spend_dim: str | None = "spend"
+    fallback_days: int = 91
+
+
+_GLOBAL_NAMES: tuple[str, ...] = (
+    "recency_days",
+    "recency_log",
+    "recency_log_sq",
+    "tenure_log",
+    "recency_share",
+    "active_days_log",
+    "one_time",
+    "mean_gap_log",
+    "recency_gap_ratio",
+    "frequency_log",
+    "repeat_rate_log",
+    "recency_x_active_days",
+    "recency_x_tenure",
+    "active_day_share_28d",
+    "events_log",
+    "counterparts_log",
+)
+_SPEND_NAMES: tuple[str, ...] = ("spend_log", "spend_per_active_day_log")
+
+
+@cache
+def feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
+    """Names of the features :func:`features` returns for ``cfg``, in order.
+
+    Examples
+    --------
+    >>> feature_names(FeatureConfig(dims=("activity",), horizons=(7,), spend_dim=None))[:3]
+    ('activity_7d', 'activity_recency', 'activity_trend')
+    """
+    per_dim: list[str] = []
+    for dim in cfg.dims:
+        per_dim.extend(f"{dim}_{h}d" for h in cfg.horizons)
+        per_dim.extend((f"{dim}_recency", f"{dim}_trend"))
+    spend = _SPEND_NAMES if cfg.spend_dim is not None else ()
+    return (*per_dim, *_GLOBAL_NAMES, *spend)
+
+
+FEATURE_NAMES: tuple[str, ...] = feature_names(FeatureConfig())
+
+
+def features(view: ActivityView, now: float, cfg: FeatureConfig) -> dict[str, float]:
+    """Feature vector of one user at event time ``now``.
+
+    Parameters
+    ----------
+    view
+        The user's activity state.
+    now
+        Event-time clock in epoch seconds; never wall-clock, so replays score the same.
+    cfg
+        Which dimensions and horizons to use.
+
+    Returns
+    -------
+    dict
+        Keys exactly :func:`feature_names` of ``cfg``, all finite floats.
+
+    Examples
+    --------
+    A one-time buyer seen once, sixty days ago, with twelve dollars spent:
+
+    >>> view = _ListView.of([(0.0, "activity", 1.0), (0.0, "spend", 12.0)])
+    >>> x = features(view, 60 * DAY, FeatureConfig(dims=("activity",)))
+    >>> x["one_time"], x["recency_share"], round(x["spend_log"], 3)
+    (1.0, 1.0, 2.565)
+    """
+    log1p = math.log1p
+    tenure = max(view.tenure_days(now), 0.0)
+    x: dict[str, float] = {}
+    known = view.dimensions()
+    for dim in cfg.dims:
+        if dim not in known:
+            for h in cfg.horizons:
+                x[f"{dim}_{h}d"] = 0.0
+            x[f"{dim}_recency"] = log1p(tenure)
+            x[f"{dim}_trend"] = 0.0
+            continue
+        for h in cfg.horizons:
+            x[f"{dim}_{h}d"] = log1p(max(view.total(dim, h, now), 0.0))
+        seen = view.last_seen_in(dim)
+        away = tenure if seen is None else max((now - seen) / DAY, 0.0)
+        x[f"{dim}_recency"] = log1p(away)
+        drop = view.drop_ratio(dim, now)
+        x[f"{dim}_trend"] = 0.0 if drop is None else min(max(drop, -1.0), 1.0)
+
+    act = cfg.activity_dim
+    seen = view.last_seen_in(act)
+    last = view.last_seen if seen is None else seen
+    recency = max((now - last) / DAY, 0.0)
+    span = max((last - view.first_seen) / DAY, 0.0)
+    lifetime_days = getattr(view, "lifetime_days_active", None)
+    active_days = float(
+        lifetime_days() if lifetime_days is not None else view.days_active(cfg.fallback_days, now)
+    )
+    active_days = max(active_days, 1.0)
+    lifetime = getattr(view, "lifetime", None)
+
+    def lifetime_total(dim: str) -> float:
+        if lifetime is not None:
+            return max(float(lifetime(dim)), 0.0)
+        return max(view.total(dim, cfg.fallback_days, now), 0.0)
+
+    repeat = active_days > 1.0
+    gap = span / (active_days - 1.0) if repeat else 0.0
+    recency_log = log1p(recency)
+    active_log = log1p(active_days)
+    tenure_log = log1p(tenure)
+    x["recency_days"] = recency
+    x["recency_log"] = recency_log
+    x["recency_log_sq"] = recency_log * recency_log
+    x["tenure_log"] = tenure_log
+    x["recency_share"] = min(recency / tenure, 1.0) if tenure > 0.0 else 0.0
+    x["active_days_log"] = active_log
+    x["one_time"] = 0.0 if repeat else 1.0
+    x["mean_gap_log"] = log1p(gap)
+    x["recency_gap_ratio"] = log1p(recency / max(gap, 1.0)) if repeat else 0.0
+    x["frequency_log"] = log1p(30.0 * active_days / max(tenure, 1.0))
+    x["repeat_rate_log"] = log1p(30.0 * (active_days - 1.0) / max(span, 1.0))
+    x["recency_x_active_days"] = recency_log * active_log
+    x["recency_x_tenure"] = recency_log * tenure_log
+    x["active_day_share_28d"] = view.days_active(28, now) / min(28.0, max(tenure, 1.0))
+    x["events_log"] = log1p(lifetime_total(act))
+    x["counterparts_log"] = log1p(max(view.counterparts_estimate(), 0))
+    if cfg.spend_dim is not None:
+        spend = lifetime_total(cfg.spend_dim)
+        x["spend_log"] = log1p(spend)
+        x["spend_per_active_day_log"] = log1p(spend / active_days)
+    return x
+
+
+class _ListView:
+    """Exact in-memory view over a list of ``(t, dim, amount)`` events, for doctests."""
+
+    def __init__(self, events: list[tuple[float, str, float]]) -> None:
+        self.events = sorted(events)
+        self.first_seen = self.events[0][0]
+        self.last_seen = self.events[-1][0]
+
+    @classmethod
+    def of(cls, events: list[tuple[float, str, float]]) -> _ListView:
+        return cls(events)
+
+    def tenure_days(self, now: float) -> float:
+        return (now - self.first_seen) / DAY
+
+    def last_seen_in(self, dim: str) -> float | None:
+        ts = [t for t, d, _ in self.events if d == dim]
+        return ts[-1] if ts else None
+
+    def total(self, dim: str, days: int, now: float) -> float:
+        return sum(a for t, d, a in self.events if d == dim and now - days * DAY < t <= now)
+
+    def days_active(self, days: int, now: float) -> int:
+        return len({int(t // DAY) for t, _, _ in self.events if now - days * DAY < t <= now})
+
+    def baseline(self, dim: str, now: float) -> float:
+        return 0.0
+
+    def drop_ratio(self, dim: str, now: float) -> float | None:
+        return None
+
+    def counterparts_estimate(self) -> int:
+        return 0
+
+    def dimensions(self) -> tuple[str, ...]:
+        return tuple(sorted({d for _, d, _ in self.events}))
+
+    def lifetime(self, dim: str) -> float:
+        return sum(a for _, d, a in self.events if d == dim)
+
+    def lifetime_days_active(self) -> int:
+        return len({int(t // DAY) for t, d, _ in self.events if d == "activity"})

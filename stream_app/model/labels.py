@@ -1,0 +1,196 @@
+"""Delayed churn labels: remember what a user looked like when scored, learn it later.
+
+Whether a user churned at scoring moment ``t`` is only known once ``t + horizon`` has passed
+in event time. The book keeps a bounded sample of scored snapshots, marks them "returned"
+when the user shows activity inside their horizon, and hands them out only after the
+watermark has passed the horizon, so the model never learns from a label before it is known.
+
+Examples
+--------
+>>> book = LabelBook(LabelConfig(churn=ChurnConfig(horizon_days=14.0)))
+>>> book.on_score("u1", 0.0, {"recency_days": 3.0})
+True
+>>> book.on_activity("u1", 5 * DAY)
+>>> book.mature(13 * DAY)  # horizon not over yet: nothing is known
+[]
+>>> book.mature(14 * DAY)
+[({'recency_days': 3.0}, False)]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import pickle
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+__all__ = ["DAY", "ChurnConfig", "LabelBook", "LabelConfig"]
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnConfig:
+    """What churn means: no activity in any of ``kinds`` during ``(t, t + horizon]``.
+
+    Examples
+    --------
+    >>> ChurnConfig(kinds=("purchases",)).counts(("activity", "purchases"))
+    True
+    """
+
+    horizon_days: float = 14.0
+    kinds: tuple[str, ...] = ("activity",)
+
+    @property
+    def horizon_s(self) -> float:
+        """Horizon in seconds of event time."""
+        return self.horizon_days * DAY
+
+    def counts(self, dims: Iterable[str]) -> bool:
+        """Whether an event touching ``dims`` counts as the user being back."""
+        return any(d in self.kinds for d in dims)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelConfig:
+    """How many snapshots to keep while their labels mature.
+
+    Parameters
+    ----------
+    churn
+        The churn definition whose horizon the snapshots wait out.
+    min_gap_days
+        At most one pending snapshot per user per this much event time; more would only
+        repeat near-identical rows and overweight the most active users.
+    sample_rate
+        Fraction of (user, day) pairs kept, chosen by a stable hash so replays agree.
+    max_pending
+        Global cap on pending snapshots, bounding memory whatever the traffic.
+    salt
+        Changes which pairs the hash keeps, for independent samples in experiments.
+    """
+
+    churn: ChurnConfig = field(default_factory=ChurnConfig)
+    min_gap_days: float = 1.0
+    sample_rate: float = 1.0
+    max_pending: int = 1_000_000
+    salt: str = ""
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    t: float
+    x: dict[str, float]
+    returned: bool = False
+
+
+class LabelBook:
+    """Pending scored snapshots awaiting their churn label.
+
+    Parameters
+    ----------
+    cfg
+        Horizon, sampling and bounds.
+    """
+
+    def __init__(self, cfg: LabelConfig | None = None) -> None:
+        self.cfg = cfg if cfg is not None else LabelConfig()
+        self._by_user: dict[str, deque[_Snapshot]] = {}
+        self._due: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self.pending = 0
+        self.dropped = 0
+
+    def _sampled(self, user: str, t: float) -> bool:
+        rate = self.cfg.sample_rate
+        if rate >= 1.0:
+            return True
+        key = f"{self.cfg.salt}|{user}|{int(t // DAY)}".encode()
+        digest = hashlib.blake2b(key, digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2.0**64 < rate
+
+    def would_keep(self, user: str, t: float) -> bool:
+        """Whether :meth:`on_score` at ``t`` would keep a snapshot; lets a sweep skip features.
+
+        Examples
+        --------
+        >>> LabelBook(LabelConfig(sample_rate=0.0)).would_keep("u", 0.0)
+        False
+        """
+        queue = self._by_user.get(user)
+        if queue and t - queue[-1].t < self.cfg.min_gap_days * DAY:
+            return False
+        return self._sampled(user, t) and self.pending < self.cfg.max_pending
+
+    def on_score(self, user: str, t: float, x: dict[str, float]) -> bool:
+        """Maybe keep a snapshot of ``x`` scored at event time ``t``; return whether kept.
+
+        Examples
+        --------
+        >>> book = LabelBook()
+        >>> book.on_score("u", 0.0, {}), book.on_score("u", 3600.0, {})  # within min_gap
+        (True, False)
+        """
+        queue = self._by_user.get(user)
+        if queue and t - queue[-1].t < self.cfg.min_gap_days * DAY:
+            return False
+        if not self._sampled(user, t):
+            return False
+        if self.pending >= self.cfg.max_pending:
+            self.dropped += 1
+            return False
+        if queue is None:
+            queue = self._by_user[user] = deque()
+        queue.append(_Snapshot(t, dict(x)))
+        heapq.heappush(self._due, (t + self.cfg.churn.horizon_s, self._seq, user))
+        self._seq += 1
+        self.pending += 1
+        return True
+
+    def on_activity(self, user: str, t: float) -> None:
+        """Record that ``user`` was active at ``t``: snapshots it falls after are not churn."""
+        queue = self._by_user.get(user)
+        if not queue:
+            return
+        horizon = self.cfg.churn.horizon_s
+        for snap in queue:
+            if snap.t < t <= snap.t + horizon:
+                snap.returned = True
+
+    def mature(self, watermark: float) -> list[tuple[dict[str, float], bool]]:
+        """Pop snapshots whose horizon ended by ``watermark`` as ``(features, churned)``.
+
+        Snapshots come out in order of their horizon end, ties in order of scoring.
+        """
+        out: list[tuple[dict[str, float], bool]] = []
+        due = self._due
+        while due and due[0][0] <= watermark:
+            _, _, user = heapq.heappop(due)
+            queue = self._by_user[user]
+            snap = queue.popleft()
+            if not queue:
+                del self._by_user[user]
+            self.pending -= 1
+            out.append((snap.x, not snap.returned))
+        return out
+
+    def to_bytes(self) -> bytes:
+        """Serialise the book; identical call histories give identical bytes.
+
+        The reloaded copy is dumped so that string sharing, which pickle records, is the
+        same for a live book and a restored one.
+        """
+        state = (self.cfg, self._by_user, self._due, self._seq, self.pending, self.dropped)
+        return pickle.dumps(pickle.loads(pickle.dumps(state, protocol=5)), protocol=5)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LabelBook:
+        """Restore a book written by :meth:`to_bytes`."""
+        cfg, by_user, due, seq, pending, dropped = pickle.loads(data)
+        book = cls(cfg)
+        book._by_user, book._due, book._seq = by_user, due, seq
+        book.pending, book.dropped = pending, dropped
+        return book

@@ -1,0 +1,336 @@
+"""Orchestration of one batch: decode, load, process, publish, commit. No decisions here.
+
+Order matters for at-least-once with idempotent effects: records are published (and their
+delivery awaited) *before* the state that produced them is committed to Redis, and the Kafka
+offset is acknowledged only after that. A crash anywhere replays the batch from the last
+committed state and yields the same records with the same ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from stream_app import records as rec
+from stream_app import userrecord
+from stream_app.core import Core
+from stream_app.engine import BatchResult, Output, PartitionEngine
+from stream_app.inspection import describe
+from stream_app.metrics import Metrics
+from stream_app.records import AppEvent, InvalidEvent, OutRecord
+from stream_app.settings import Settings
+from stream_app.store import WindowStore
+
+log = logging.getLogger(__name__)
+
+CE_TYPES = {
+    "warning": "dev.churnwarnings.warning.v1",
+    "recovered": "dev.churnwarnings.recovered.v1",
+    "tier": "dev.churnwarnings.tier_changed.v1",
+}
+ID_FIELDS = {"warning": "warning_id", "recovered": "recovery_id", "tier": "change_id"}
+ROLES = {"warning": "warnings", "recovered": "warnings", "tier": "tiers"}
+
+Send = Callable[[OutRecord], Awaitable[Awaitable[Any]]]
+
+
+class Message(Protocol):
+    """The parts of a Kafka message the processor reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any
+
+
+@dataclass
+class _Owned:
+    engine: PartitionEngine
+    offset: int
+    lock: asyncio.Lock
+
+
+class Processor:
+    """Owns the engines of the partitions assigned to this worker."""
+
+    def __init__(
+        self, settings: Settings, core: Core, store: WindowStore, metrics: Metrics, send: Send
+    ) -> None:
+        self.settings = settings
+        self.core = core
+        self.store = store
+        self.metrics = metrics
+        self.send = send
+        self.owned: dict[tuple[str, int], _Owned] = {}
+        self.healthy = True
+        self._ttl_s = int(settings.retention_days * 86400)
+
+    async def engine(self, topic: str, partition: int) -> _Owned:
+        """The engine of a partition, loaded from its last committed state on first use."""
+        key = (topic, partition)
+        owned = self.owned.get(key)
+        if owned is None:
+            snap = await self._redis("load_partition", self.store.load_partition(topic, partition))
+            due = await self._redis(
+                "due_users", self.store.due_users(topic, partition, float("inf"), 10**9)
+            )
+            engine = PartitionEngine(self.core, snap.blob if snap else None, dict(due))
+            owned = self.owned[key] = _Owned(engine, snap.offset if snap else -1, asyncio.Lock())
+            self.metrics.partitions_owned.set(len(self.owned))
+        return owned
+
+    def revoke(self, topic: str, partition: int) -> None:
+        """Forget a partition's in-memory state; its new owner loads it from Redis."""
+        self.owned.pop((topic, partition), None)
+        self.metrics.partitions_owned.set(len(self.owned))
+        self.metrics.forget_partition(topic, partition)
+
+    async def handle(self, messages: Sequence[Message]) -> None:
+        """Process a batch of messages, possibly from several partitions."""
+        by_partition: dict[tuple[str, int], list[Message]] = {}
+        for m in messages:
+            by_partition.setdefault((m.topic, m.partition), []).append(m)
+        for (topic, partition), msgs in sorted(by_partition.items()):
+            owned = await self.engine(topic, partition)
+            async with owned.lock:
+                await self._partition_batch(topic, partition, owned, msgs)
+
+    async def _partition_batch(
+        self, topic: str, partition: int, owned: _Owned, msgs: Sequence[Message]
+    ) -> None:
+        started = time.perf_counter()
+        fresh = [m for m in msgs if m.offset > owned.offset]
+        if not fresh:
+            return
+        events, valid_msgs, out = self._decode(fresh)
+        result = await self._run(owned.engine, events)
+        out.extend(
+            self._dlq(valid_msgs[i], rec.InvalidEvent("late_event", _late(events[i])))
+            for i in result.late
+        )
+        self.metrics.events_late.inc(len(result.late))
+        out.extend(self._publishable(result.outputs))
+        await self._publish(out)
+        await self._commit(topic, partition, fresh[-1].offset, owned.engine, result)
+        owned.offset = fresh[-1].offset
+        self._observe(topic, partition, owned.engine, result, len(fresh), started)
+
+    def _decode(
+        self, msgs: Sequence[Message]
+    ) -> tuple[list[AppEvent], list[Message], list[OutRecord]]:
+        events: list[AppEvent] = []
+        valid: list[Message] = []
+        dlq: list[OutRecord] = []
+        now = time.time()
+        for m in msgs:
+            try:
+                event = rec.decode_event(m.value, _headers(m.headers), now=now)
+            except InvalidEvent as err:
+                self.metrics.events_invalid.labels(reason=err.reason).inc()
+                self.metrics.count_consumed("invalid")
+                dlq.append(self._dlq(m, err))
+                continue
+            self.metrics.count_consumed(event.event)
+            events.append(event)
+            valid.append(m)
+        return events, valid, dlq
+
+    def _dlq(self, m: Message, err: InvalidEvent) -> OutRecord:
+        return rec.dlq_record(
+            m.value,
+            _headers(m.headers),
+            m.key,
+            err,
+            source_topic=m.topic,
+            partition=m.partition,
+            offset=m.offset,
+        )
+
+    async def _run(self, engine: PartitionEngine, events: Sequence[AppEvent]) -> BatchResult:
+        needed = engine.users_needed(events)
+        records = await self._load(needed)
+        return engine.process(events, records)
+
+    async def _load(self, users: set[str]) -> dict[str, userrecord.UserRecord | None]:
+        if not users:
+            return {}
+        raw = await self._redis("load_users", self.store.load_users(sorted(users)))
+        cfg = self.core.windows
+        return {u: userrecord.decode(b, cfg) for u, b in raw.items()}
+
+    def _publishable(self, outputs: Sequence[Output]) -> list[OutRecord]:
+        source = f"/{self.settings.app_id}"
+        return [
+            rec.encode_cloudevent(
+                ROLES[o.role],
+                CE_TYPES[o.role],
+                o.payload,
+                key=o.user_id,
+                source=source,
+                event_id=str(o.payload[ID_FIELDS[o.role]]),
+                time=str(o.payload["event_time"]),
+            )
+            for o in outputs
+        ]
+
+    async def _publish(self, out: Sequence[OutRecord]) -> None:
+        pending = [await self.send(r) for r in out]
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _commit(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        engine: PartitionEngine,
+        r: BatchResult,
+        *,
+        same: bool = False,
+    ) -> None:
+        users = {u: (userrecord.encode(v) if v else None) for u, v in r.users.items()}
+        await self._redis(
+            "commit",
+            self.store.commit(
+                topic, partition, offset, users, engine.snapshot(), ttl_s=self._ttl_s, due=r.due
+            ),
+        )
+
+    async def _redis(self, op: str, call: Awaitable[Any]) -> Any:
+        started = time.perf_counter()
+        try:
+            result = await call
+        except Exception:
+            self.metrics.redis_errors.labels(op=op).inc()
+            self.healthy = False
+            raise
+        self.healthy = True
+        self.metrics.redis_latency.labels(op=op).observe(time.perf_counter() - started)
+        return result
+
+    def _observe(
+        self,
+        topic: str,
+        partition: int,
+        engine: PartitionEngine,
+        r: BatchResult,
+        n: int,
+        started: float,
+    ) -> None:
+        m = self.metrics
+        elapsed = time.perf_counter() - started
+        m.batch_duration.observe(elapsed)
+        m.batch_size.observe(n)
+        m.events_duplicate.inc(r.duplicates)
+        m.watermark.labels(partition=str(partition)).set(max(engine.watermark, 0.0))
+        now = time.time()
+        for o in r.outputs:
+            if o.role == "warning":
+                m.observe_warning(
+                    str(o.payload["level"]),
+                    published_at=now,
+                    occurred_at=rec.parse_time(str(o.payload["event_time"])),
+                    received_at=now,
+                )
+            elif o.role == "recovered":
+                m.recoveries.labels(from_level=str(o.payload["previous_level"])).inc()
+            else:
+                self._observe_tier(o.payload)
+        scorer = engine.state.scorer
+        for p in r.scores:
+            m.churn_probability.labels(scorer=scorer.source).observe(p)
+        self._observe_model(partition, engine, r)
+
+    def _observe_model(self, partition: int, engine: PartitionEngine, r: BatchResult) -> None:
+        m = self.metrics
+        scorer = engine.state.scorer
+        for churned in r.labels:
+            m.labels_matured.labels(outcome="churned" if churned else "retained").inc()
+        if r.drift:
+            m.model_drift.inc(r.drift)
+            log.info("drift detected on partition %d; scoring with %s", partition, scorer.source)
+        for source in r.switches:
+            log.info(
+                "partition %d: scorer switched to %s after %d labels (%s)",
+                partition,
+                source,
+                scorer.n_learned,
+                scorer.quality.summary(),
+            )
+        if r.labels:
+            q = scorer.quality
+            for source in ("prior", "model"):
+                m.model_roc_auc.labels(scorer=source).set(q.auc(source))  # type: ignore[arg-type]
+                m.model_log_loss.labels(scorer=source).set(q.log_loss(source))  # type: ignore[arg-type]
+        m.set_active_scorer(scorer.source)
+
+    async def sweep(self, until: float) -> None:
+        """Advance every owned partition's watermark to ``until`` (live mode: the wall clock
+        ages silent users) and publish what their passed deadlines produce."""
+        for (topic, partition), owned in list(self.owned.items()):
+            async with owned.lock:
+                engine = owned.engine
+                if until <= engine.watermark:
+                    continue
+                records = await self._load(engine.users_needed((), until))
+                result = engine.process((), records, until=until)
+                await self._publish(self._publishable(result.outputs))
+                await self._commit(topic, partition, owned.offset, engine, result, same=True)
+                self._observe(topic, partition, engine, result, 0, time.perf_counter())
+
+    async def store_ok(self) -> bool:
+        """Redis answers (health)."""
+        try:
+            return bool(await self.store.ping())
+        except Exception:
+            return False
+
+    async def inspect(self, user_id: str) -> dict[str, Any] | None:
+        """One user's windows, features, score with reasons, tiers and warning state."""
+        raw = await self.store.load_users([user_id])
+        if user_id not in raw:
+            return None
+        record = userrecord.decode(raw[user_id], self.core.windows)
+        topic = self.settings.topic_events
+        partition = partition_of(user_id, self.settings.partitions)
+        owned = self.owned.get((topic, partition))
+        if owned is None:
+            snap = await self.store.load_partition(topic, partition)
+            engine = PartitionEngine(self.core, snap.blob if snap else None)
+        else:
+            engine = owned.engine
+        return describe(user_id, record, engine)
+
+    def _observe_tier(self, change: dict[str, Any]) -> None:
+        m = self.metrics
+        dim = str(change["dimension"])
+        if change["from"] is not None:
+            m.tier_users.labels(dimension=dim, tier=str(change["from"])).dec()
+        m.tier_users.labels(dimension=dim, tier=str(change["to"])).inc()
+        m.tier_migrations.labels(
+            dimension=dim, from_tier=str(change["from"] or "none"), to_tier=str(change["to"])
+        ).inc()
+
+
+def _headers(headers: Any) -> list[tuple[str, bytes]]:
+    if not headers:
+        return []
+    items = headers.items() if isinstance(headers, dict) else headers
+    return [(str(k), bytes(v) if v is not None else b"") for k, v in items]
+
+
+def _late(event: AppEvent) -> str:
+    return f"event {event.event_id} at {event.occurred_at} is beyond the allowed lateness"
+
+
+def partition_of(user_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner puts a user's events in."""
+    from kafka.partitioner.default import murmur2
+
+    return int(murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions

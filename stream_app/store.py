@@ -1,0 +1,313 @@
+"""Where per-user window blobs and per-partition state live between batches.
+
+Why a Protocol: the engine only needs "load blobs, commit a batch atomically, fenced by the
+Kafka offset", so tests and local runs use :class:`MemoryWindowStore` and production uses
+:class:`RedisWindowStore` with the same semantics (one contract suite covers both).
+
+Keys (``prefix`` e.g. ``churn:``)::
+
+    {prefix}u:{user_id}              user blob (string, expires after ttl_s)
+    {prefix}p:{{topic:partition}}    partition hash: offset, blob
+    {prefix}due:{{topic:partition}}  sorted set user -> next absence deadline (event time)
+
+Single-node Redis is assumed.  The partition keys share a hash tag; a Redis Cluster would
+also need the user keys tagged with their partition, since the commit script touches all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+from redis.asyncio import Redis
+
+__all__ = ["MemoryWindowStore", "PartitionState", "RedisWindowStore", "WindowStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """Last applied Kafka offset of a partition and its opaque blob (model checkpoint...)."""
+
+    offset: int
+    blob: bytes
+
+
+class WindowStore(Protocol):
+    """Async storage of user blobs and partition state, committed per batch."""
+
+    async def load_users(self, user_ids: Sequence[str]) -> dict[str, bytes]:
+        """Blobs of the users that exist (missing users are absent), in one round trip."""
+        ...
+
+    async def load_partition(self, topic: str, partition: int) -> PartitionState | None:
+        """Return the partition's committed offset and blob (None before any commit)."""
+        ...
+
+    async def commit(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        users: Mapping[str, bytes | None],
+        partition_blob: bytes | None,
+        *,
+        ttl_s: int,
+        due: Mapping[str, float | None],
+    ) -> bool:
+        """Atomically apply a batch unless ``offset`` was already committed.
+
+        Returns False (and changes nothing) when the stored offset is ``>= offset``, i.e.
+        on redelivery.  Otherwise sets each user blob with expiry ``ttl_s`` (None deletes),
+        the partition blob when given, the due index (None removes) and the offset.
+        """
+        ...
+
+    async def due_users(
+        self, topic: str, partition: int, until: float, limit: int
+    ) -> list[tuple[str, float]]:
+        """Up to ``limit`` users whose deadline is ``<= until``, earliest first."""
+        ...
+
+    async def forget_user(self, user_id: str, partitions: Sequence[tuple[str, int]]) -> int:
+        """Delete everything stored for a user (privacy requests); returns keys/entries."""
+        ...
+
+    async def ping(self) -> bool:
+        """Return True when the backend answers."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+_COMMIT = """
+local stored = redis.call('HGET', KEYS[1], 'offset')
+if stored and tonumber(stored) >= tonumber(ARGV[1]) then return 0 end
+local ttl, n_users, n_due = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
+local a = 6
+for i = 1, n_users do
+  local key = KEYS[2 + i]
+  if ARGV[a] == 's' then
+    redis.call('SET', key, ARGV[a + 1], 'EX', ttl)
+  else
+    redis.call('DEL', key)
+  end
+  a = a + 2
+end
+for i = 1, n_due do
+  if ARGV[a + 1] == '' then
+    redis.call('ZREM', KEYS[2], ARGV[a])
+  else
+    redis.call('ZADD', KEYS[2], ARGV[a + 1], ARGV[a])
+  end
+  a = a + 2
+end
+if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'blob', ARGV[a]) end
+redis.call('HSET', KEYS[1], 'offset', ARGV[1])
+return 1
+"""
+
+
+class RedisWindowStore:
+    """:class:`WindowStore` on Redis; the client must use ``decode_responses=False``.
+
+    ``commit`` is one EVALSHA of a Lua script, so a batch is applied all-or-nothing and a
+    redelivered batch (offset not newer) is ignored.
+    """
+
+    def __init__(self, client: Redis, prefix: str = "churn:") -> None:
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("RedisWindowStore needs a client with decode_responses=False")
+        self._r = client
+        self._prefix = prefix
+        self._commit = client.register_script(_COMMIT)
+
+    def _user(self, user_id: str) -> str:
+        return f"{self._prefix}u:{user_id}"
+
+    def _part(self, topic: str, partition: int) -> str:
+        return f"{self._prefix}p:{{{topic}:{partition}}}"
+
+    def _due(self, topic: str, partition: int) -> str:
+        return f"{self._prefix}due:{{{topic}:{partition}}}"
+
+    async def load_users(self, user_ids: Sequence[str]) -> dict[str, bytes]:
+        if not user_ids:
+            return {}
+        raw = await self._r.mget([self._user(u) for u in user_ids])
+        blobs = cast(list[bytes | None], raw)
+        return {u: b for u, b in zip(user_ids, blobs, strict=True) if b is not None}
+
+    async def load_partition(self, topic: str, partition: int) -> PartitionState | None:
+        raw = await self._r.hmget(self._part(topic, partition), ["offset", "blob"])
+        row = cast(list[bytes | None], raw)
+        if row[0] is None:
+            return None
+        return PartitionState(int(row[0]), row[1] or b"")
+
+    async def commit(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        users: Mapping[str, bytes | None],
+        partition_blob: bytes | None,
+        *,
+        ttl_s: int,
+        due: Mapping[str, float | None],
+    ) -> bool:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        keys = [self._part(topic, partition), self._due(topic, partition)]
+        keys += [self._user(u) for u in users]
+        args: list[bytes | str | int] = [offset, ttl_s, int(partition_blob is not None)]
+        args += [len(users), len(due)]
+        for blob in users.values():
+            args += ("d", b"") if blob is None else ("s", blob)
+        for user, deadline in due.items():
+            args += (user, "" if deadline is None else repr(float(deadline)))
+        if partition_blob is not None:
+            args.append(partition_blob)
+        return bool(await self._commit(keys=keys, args=args))
+
+    async def due_users(
+        self, topic: str, partition: int, until: float, limit: int
+    ) -> list[tuple[str, float]]:
+        raw = await self._r.zrangebyscore(
+            self._due(topic, partition), "-inf", repr(float(until)), 0, limit, withscores=True
+        )
+        rows = cast(list[tuple[bytes, float]], raw)
+        return [(m.decode(), float(s)) for m, s in rows]
+
+    async def forget_user(self, user_id: str, partitions: Sequence[tuple[str, int]]) -> int:
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.delete(self._user(user_id))
+            for topic, partition in partitions:
+                pipe.zrem(self._due(topic, partition), user_id)
+            return sum(int(n) for n in await pipe.execute())
+
+    async def user_ttl(self, user_id: str) -> float | None:
+        """Seconds until the user's blob expires (None if missing or without expiry)."""
+        ms = await self._r.pttl(self._user(user_id))
+        return None if ms < 0 else ms / 1000
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._r.ping())
+        except (OSError, ConnectionError):
+            return False
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+
+@dataclass
+class _Part:
+    offset: int | None = None
+    blob: bytes = b""
+    due: dict[str, float] = field(default_factory=dict)
+
+
+class MemoryWindowStore:
+    """In-process :class:`WindowStore` with the same semantics, for tests and local runs.
+
+    ``clock`` (epoch seconds) drives the expiry of user blobs.
+
+    >>> import asyncio
+    >>> s = MemoryWindowStore()
+    >>> asyncio.run(s.commit("t", 0, 5, {"u": b"x"}, None, ttl_s=60, due={"u": 1.0}))
+    True
+    >>> asyncio.run(s.commit("t", 0, 5, {"u": None}, None, ttl_s=60, due={}))
+    False
+    >>> asyncio.run(s.load_users(["u", "v"]))
+    {'u': b'x'}
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._users: dict[str, tuple[bytes, float]] = {}
+        self._parts: dict[tuple[str, int], _Part] = {}
+
+    def _live(self, user_id: str) -> bytes | None:
+        item = self._users.get(user_id)
+        if item is None:
+            return None
+        if item[1] <= self._clock():
+            del self._users[user_id]
+            return None
+        return item[0]
+
+    async def load_users(self, user_ids: Sequence[str]) -> dict[str, bytes]:
+        found = {u: self._live(u) for u in user_ids}
+        return {u: b for u, b in found.items() if b is not None}
+
+    async def load_partition(self, topic: str, partition: int) -> PartitionState | None:
+        part = self._parts.get((topic, partition))
+        if part is None or part.offset is None:
+            return None
+        return PartitionState(part.offset, part.blob)
+
+    async def commit(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        users: Mapping[str, bytes | None],
+        partition_blob: bytes | None,
+        *,
+        ttl_s: int,
+        due: Mapping[str, float | None],
+    ) -> bool:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        part = self._parts.setdefault((topic, partition), _Part())
+        if part.offset is not None and part.offset >= offset:
+            return False
+        expires = self._clock() + ttl_s
+        for user, blob in users.items():
+            if blob is None:
+                self._users.pop(user, None)
+            else:
+                self._users[user] = (bytes(blob), expires)
+        for user, deadline in due.items():
+            if deadline is None:
+                part.due.pop(user, None)
+            else:
+                part.due[user] = float(deadline)
+        if partition_blob is not None:
+            part.blob = bytes(partition_blob)
+        part.offset = offset
+        return True
+
+    async def due_users(
+        self, topic: str, partition: int, until: float, limit: int
+    ) -> list[tuple[str, float]]:
+        part = self._parts.get((topic, partition))
+        if part is None:
+            return []
+        rows = sorted((s, u) for u, s in part.due.items() if s <= until)
+        return [(u, s) for s, u in rows[: max(limit, 0)]]
+
+    async def forget_user(self, user_id: str, partitions: Sequence[tuple[str, int]]) -> int:
+        count = int(self._live(user_id) is not None)
+        self._users.pop(user_id, None)
+        for key in partitions:
+            part = self._parts.get(key)
+            if part is not None and part.due.pop(user_id, None) is not None:
+                count += 1
+        return count
+
+    async def user_ttl(self, user_id: str) -> float | None:
+        """Seconds until the user's blob expires (None if missing)."""
+        if self._live(user_id) is None:
+            return None
+        return self._users[user_id][1] - self._clock()
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None

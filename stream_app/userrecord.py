@@ -1,0 +1,80 @@
+"""Everything the service keeps about one user, as one compact Redis value.
+
+A user's windows, warning state, tiers and a short warning history travel together, so one
+MGET loads a user and one SET stores it; the encoding is deterministic, which is what makes
+"replay twice, same bytes" checkable.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from stream_app import windows
+from stream_app.alerts import WarningState
+from stream_app.tiers import TierState
+
+_VERSION = 1
+_HISTORY = 5
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryItem:
+    """One published warning (level 1..3) or recovery (level 0) at an event time."""
+
+    level: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A user's state between events."""
+
+    windows: windows.UserWindows
+    alert: WarningState = field(default_factory=WarningState)
+    tiers: TierState = field(default_factory=TierState)
+    history: tuple[HistoryItem, ...] = ()
+
+    def remember(self, level: int, at: float) -> UserRecord:
+        """Add a published record to the bounded history (newest last)."""
+        items = (*self.history, HistoryItem(level, at))[-_HISTORY:]
+        return UserRecord(self.windows, self.alert, self.tiers, items)
+
+
+def _chunk(data: bytes) -> bytes:
+    return struct.pack("<H", len(data)) + data
+
+
+def encode(record: UserRecord) -> bytes:
+    """Deterministic bytes: version, then length-prefixed windows, alert, tiers, history."""
+    hist = b"".join(struct.pack("<Bd", h.level, h.at) for h in record.history)
+    return bytes([_VERSION]) + b"".join(
+        _chunk(part)
+        for part in (
+            windows.encode(record.windows),
+            record.alert.to_bytes(),
+            record.tiers.to_bytes(),
+            hist,
+        )
+    )
+
+
+def decode(data: bytes, cfg: windows.WindowConfig | None = None) -> UserRecord:
+    """Inverse of :func:`encode`."""
+    if not data or data[0] != _VERSION:
+        raise ValueError("unknown user record encoding")
+    parts: list[bytes] = []
+    pos = 1
+    for _ in range(4):
+        (size,) = struct.unpack_from("<H", data, pos)
+        parts.append(data[pos + 2 : pos + 2 + size])
+        pos += 2 + size
+    hist = tuple(
+        HistoryItem(*struct.unpack_from("<Bd", parts[3], i)) for i in range(0, len(parts[3]), 9)
+    )
+    return UserRecord(
+        windows.decode(parts[0], cfg),
+        WarningState.from_bytes(parts[1]),
+        TierState.from_bytes(parts[2]),
+        hist,
+    )

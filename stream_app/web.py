@@ -1,0 +1,52 @@
+"""The worker's web port: Prometheus metrics, health, and per-user inspection."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import CollectorRegistry
+
+from stream_app.metrics import render
+from stream_app.processor import Processor
+from stream_app.settings import Settings
+
+
+def authorised(request: Request, settings: Settings) -> bool:
+    """True when no token is configured, or the request carries it as a bearer token."""
+    if settings.inspect_token is None:
+        return True
+    given = request.headers.get("Authorization", "")
+    expected = f"Bearer {settings.inspect_token.get_secret_value()}"
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def register(
+    app: faust.App, processor: Processor, registry: CollectorRegistry, settings: Settings
+) -> None:
+    """Declare the views on the app."""
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(render(registry), content_type="text/plain; version=0.0.4")
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            ok = processor.healthy and await processor.store_ok()
+            processor.metrics.worker_healthy.set(1 if ok else 0)
+            body = {"healthy": ok, "partitions": sorted(f"{t}:{p}" for t, p in processor.owned)}
+            return self.json(body, status=200 if ok else 503)
+
+    @app.page("/users/{user_id}")
+    class UserView(View):
+        async def get(self, request: Request, user_id: str) -> Response:
+            if not authorised(request, settings):
+                return self.json({"error": "unauthorised"}, status=401)
+            found: dict[str, Any] | None = await processor.inspect(user_id)
+            if found is None:
+                return self.json({"error": f"unknown user {user_id!r}"}, status=404)
+            return self.json(found)
