@@ -39,7 +39,7 @@ import functools
 import hashlib
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -50,6 +50,7 @@ DAY_S = 86_400.0
 Scalar = float | str | bool | None
 LEVEL_NAMES: dict[int, str] = {1: "watch", 2: "warning", 3: "critical"}
 _EPS_DAYS = 1e-9
+_LEVELS = frozenset(LEVEL_NAMES)
 
 
 class WindowView(Protocol):
@@ -127,16 +128,17 @@ class RuleObservation:
     last_login_at: float | None = None
 
 
-def _last_seen_in(view: WindowView, dim: str) -> float | None:
-    try:
-        return view.last_seen_in(dim)
-    except KeyError:
-        return None
-
-
 def _last_in(view: WindowView, dims: Sequence[str]) -> float:
-    seen = [t for t in (_last_seen_in(view, d) for d in dims) if t is not None]
-    return max(seen) if seen else view.last_seen
+    """Latest event time across ``dims`` (unknown ones skipped), else the last event."""
+    best: float | None = None
+    for dim in dims:
+        try:
+            t = view.last_seen_in(dim)
+        except KeyError:
+            continue
+        if t is not None and (best is None or t > best):
+            best = t
+    return view.last_seen if best is None else best
 
 
 def observe(view: WindowView, now: float, cfg: AlertConfig) -> RuleObservation:
@@ -204,7 +206,7 @@ class WarningState:
     last_emit_at: float | None = None
 
     def __post_init__(self) -> None:
-        if self.level not in (0, 1, 2, 3) or not self.emitted <= {1, 2, 3}:
+        if self.level not in (0, 1, 2, 3) or not self.emitted <= _LEVELS:
             raise ValueError("levels must be within 0..3")
         if not 0 <= self.episode < 2**32:
             raise ValueError("episode out of range")
@@ -273,20 +275,24 @@ def _rules(obs: RuleObservation, at: float, cfg: AlertConfig) -> list[_Trigger]:
 
 
 def _model(probability: float, cfg: AlertConfig) -> tuple[float, int] | None:
-    met = [
-        (level, threshold) for threshold, level in cfg.model_thresholds if probability >= threshold
-    ]
-    if not met:
-        return None
-    level, threshold = max(met)
-    return threshold, level
+    best: tuple[int, float] | None = None
+    for threshold, level in cfg.model_thresholds:
+        if probability >= threshold and (best is None or (level, threshold) > best):
+            best = (level, threshold)
+    return None if best is None else (best[1], best[0])
+
+
+def _level(fired: list[_Trigger], hit: tuple[float, int] | None) -> int:
+    level = hit[1] if hit else 0
+    for t in fired:
+        if t.level > level:
+            level = t.level
+    return level
 
 
 def level_of(signal: Signal, cfg: AlertConfig) -> int:
     """Current level (0..3) the observations and the score call for."""
-    fired = _rules(signal.obs, signal.at, cfg)
-    hit = _model(signal.probability, cfg)
-    return max([t.level for t in fired] + [hit[1] if hit else 0])
+    return _level(_rules(signal.obs, signal.at, cfg), _model(signal.probability, cfg))
 
 
 def _stable_id(*parts: str) -> str:
@@ -405,31 +411,12 @@ def step(
     at = signal.at
     fired = _rules(signal.obs, at, cfg)
     hit = _model(signal.probability, cfg)
-    level = max([t.level for t in fired] + [hit[1] if hit else 0])
+    level = _level(fired, hit)
 
     if level == 0:
         if state.open and signal.kind == "activity":
-            emits: list[Emit] = []
-            if state.emitted:
-                emits.append(
-                    Emit(
-                        "recovered",
-                        {
-                            "recovery_id": _stable_id(user_id, str(state.episode), "recovered"),
-                            "user_id": user_id,
-                            "episode": state.episode,
-                            "previous_level": state.peak,
-                            "episode_started_at": _rfc3339(state.started_at),
-                            "event_time": _rfc3339(at),
-                            "episode_duration_s": max(0.0, at - state.started_at),
-                            "holdout": holdout,
-                            "model_version": signal.model_version,
-                        },
-                    )
-                )
-            closed = WarningState(episode=state.episode, last_emit_at=state.last_emit_at)
-            return closed, emits
-        return replace(state, level=0), []
+            return _recover(state, signal, user_id, holdout)
+        return _with_level(state, 0), []
 
     if not state.open:
         onsets = [t.onset for t in fired if t.level == level] or [at]
@@ -454,9 +441,47 @@ def step(
             holdout,
             playbook or _default_playbook(),
         )
-        new = replace(state, level=level, emitted=state.emitted | {level}, last_emit_at=at)
+        new = WarningState(
+            level, state.episode, state.open, state.started_at, state.emitted | {level}, at
+        )
         return new, [Emit("warning", payload)]
-    return replace(state, level=level), []
+    return _with_level(state, level), []
+
+
+def _with_level(state: WarningState, level: int) -> WarningState:
+    """``state`` at ``level`` (the same object when nothing changes; states are values)."""
+    if state.level == level:
+        return state
+    return WarningState(
+        level, state.episode, state.open, state.started_at, state.emitted, state.last_emit_at
+    )
+
+
+def _recover(
+    state: WarningState, signal: Signal, user_id: str, holdout: bool
+) -> tuple[WarningState, list[Emit]]:
+    """Close the open episode on activity; a ``recovered`` record if it announced anything."""
+    at = signal.at
+    emits: list[Emit] = []
+    if state.emitted:
+        emits.append(
+            Emit(
+                "recovered",
+                {
+                    "recovery_id": _stable_id(user_id, str(state.episode), "recovered"),
+                    "user_id": user_id,
+                    "episode": state.episode,
+                    "previous_level": state.peak,
+                    "episode_started_at": _rfc3339(state.started_at),
+                    "event_time": _rfc3339(at),
+                    "episode_duration_s": max(0.0, at - state.started_at),
+                    "holdout": holdout,
+                    "model_version": signal.model_version,
+                },
+            )
+        )
+    closed = WarningState(episode=state.episode, last_emit_at=state.last_emit_at)
+    return closed, emits
 
 
 def next_deadline(view: WindowView, state: WarningState, cfg: AlertConfig) -> float | None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from stream_app.settings import SettingsError, load_settings
+from stream_app.stack import StackError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -51,12 +52,11 @@ def _stack(args: argparse.Namespace) -> int:
     elif args.action == "down":
         print(json.dumps({"stopped": stack.stop(settings)}))
     else:
-        host, port = settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
         print(
             json.dumps(
                 {
-                    "broker": stack.port_open(host, int(port)),
-                    "redis": stack._redis_listening(settings),
+                    "broker": stack.broker_listening(settings),
+                    "redis": stack.redis_listening(settings),
                 }
             )
         )
@@ -171,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         code = 2
+    except StackError as exc:
+        print(f"stream-app: {exc}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)

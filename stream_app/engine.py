@@ -68,10 +68,14 @@ class PartitionEngine:
     """Processes one partition's events in order; see the module docstring."""
 
     def __init__(
-        self, core: Core, blob: bytes | None = None, due: Mapping[str, float] | None = None
+        self,
+        core: Core,
+        blob: bytes | None = None,
+        due: Mapping[str, float] | None = None,
+        label_entries: Iterable[bytes] = (),
     ) -> None:
         self.core = core
-        self.state = _load_partition(core, blob)
+        self.state = _load_partition(core, blob, label_entries)
         self._due: dict[str, float] = dict(due or {})
         self._heap: list[tuple[float, str]] = [(t, u) for u, t in self._due.items()]
         heapq.heapify(self._heap)
@@ -107,10 +111,18 @@ class PartitionEngine:
         return out
 
     def snapshot(self) -> bytes:
-        """The partition state as deterministic bytes, to commit with the batch."""
+        """The partition state as deterministic bytes, to commit with the batch.
+
+        Pending label snapshots are not in it: they are written incrementally, see
+        :meth:`label_changes`.
+        """
         st = self.state
-        parts = (st.watermark, st.scorer.to_bytes(), st.labels.to_bytes(), st.rfm.to_bytes())
+        parts = (st.watermark, st.scorer.to_bytes(), st.labels.meta_bytes(), st.rfm.to_bytes())
         return zlib.compress(pickle.dumps(parts, protocol=5), 1)
+
+    def label_changes(self) -> dict[str, bytes | None]:
+        """Label entries added, changed (bytes) or removed (None) since the last call."""
+        return self.state.labels.drain_changes()
 
     def score_user(self, record: UserRecord, now: float) -> tuple[dict[str, float], Score]:
         """Features and score of a user at ``now`` without changing anything."""
@@ -270,8 +282,8 @@ class PartitionEngine:
         return len(self._due)
 
 
-def _load_partition(core: Core, blob: bytes | None) -> _Partition:
-    if blob is None:
+def _load_partition(core: Core, blob: bytes | None, label_entries: Iterable[bytes]) -> _Partition:
+    if not blob:
         return _Partition(
             float("-inf"), core.new_scorer(), core.new_labels(), tiers.RfmSketches.empty(core.tiers)
         )
@@ -279,7 +291,7 @@ def _load_partition(core: Core, blob: bytes | None) -> _Partition:
     return _Partition(
         watermark,
         ChurnScorer.from_bytes(scorer),
-        LabelBook.from_bytes(labels),
+        LabelBook.restore(labels, label_entries),
         tiers.RfmSketches.from_bytes(rfm),
     )
 

@@ -180,25 +180,37 @@ def features(view: ActivityView, now: float, cfg: FeatureConfig) -> dict[str, fl
     """
     log1p = math.log1p
     tenure = max(view.tenure_days(now), 0.0)
+    tenure_log = log1p(tenure)
     x: dict[str, float] = {}
     known = view.dimensions()
-    for dim in cfg.dims:
+    for dim, horizons, recency_name, trend_name in _layout(cfg):
         if dim not in known:
-            for h in cfg.horizons:
-                x[f"{dim}_{h}d"] = 0.0
-            x[f"{dim}_recency"] = log1p(tenure)
-            x[f"{dim}_trend"] = 0.0
+            for _, name in horizons:
+                x[name] = 0.0
+            x[recency_name] = tenure_log
+            x[trend_name] = 0.0
             continue
-        for h in cfg.horizons:
-            x[f"{dim}_{h}d"] = log1p(max(view.total(dim, h, now), 0.0))
+        for h, name in horizons:
+            x[name] = log1p(max(view.total(dim, h, now), 0.0))
         seen = view.last_seen_in(dim)
-        away = tenure if seen is None else max((now - seen) / DAY, 0.0)
-        x[f"{dim}_recency"] = log1p(away)
+        x[recency_name] = log1p(tenure if seen is None else max((now - seen) / DAY, 0.0))
         drop = view.drop_ratio(dim, now)
-        x[f"{dim}_trend"] = 0.0 if drop is None else min(max(drop, -1.0), 1.0)
+        x[trend_name] = 0.0 if drop is None else min(max(drop, -1.0), 1.0)
+    _add_global(x, view, now, cfg, tenure, tenure_log)
+    return x
 
-    act = cfg.activity_dim
-    seen = view.last_seen_in(act)
+
+def _add_global(
+    x: dict[str, float],
+    view: ActivityView,
+    now: float,
+    cfg: FeatureConfig,
+    tenure: float,
+    tenure_log: float,
+) -> None:
+    """The user-level features (recency, tenure, frequency, lifetime value) into ``x``."""
+    log1p = math.log1p
+    seen = view.last_seen_in(cfg.activity_dim)
     last = view.last_seen if seen is None else seen
     recency = max((now - last) / DAY, 0.0)
     span = max((last - view.first_seen) / DAY, 0.0)
@@ -207,18 +219,10 @@ def features(view: ActivityView, now: float, cfg: FeatureConfig) -> dict[str, fl
         lifetime_days() if lifetime_days is not None else view.days_active(cfg.fallback_days, now)
     )
     active_days = max(active_days, 1.0)
-    lifetime = getattr(view, "lifetime", None)
-
-    def lifetime_total(dim: str) -> float:
-        if lifetime is not None:
-            return max(float(lifetime(dim)), 0.0)
-        return max(view.total(dim, cfg.fallback_days, now), 0.0)
-
     repeat = active_days > 1.0
     gap = span / (active_days - 1.0) if repeat else 0.0
     recency_log = log1p(recency)
     active_log = log1p(active_days)
-    tenure_log = log1p(tenure)
     x["recency_days"] = recency
     x["recency_log"] = recency_log
     x["recency_log_sq"] = recency_log * recency_log
@@ -233,13 +237,36 @@ def features(view: ActivityView, now: float, cfg: FeatureConfig) -> dict[str, fl
     x["recency_x_active_days"] = recency_log * active_log
     x["recency_x_tenure"] = recency_log * tenure_log
     x["active_day_share_28d"] = view.days_active(28, now) / min(28.0, max(tenure, 1.0))
-    x["events_log"] = log1p(lifetime_total(act))
+    x["events_log"] = log1p(_lifetime_total(view, cfg.activity_dim, now, cfg))
     x["counterparts_log"] = log1p(max(view.counterparts_estimate(), 0))
     if cfg.spend_dim is not None:
-        spend = lifetime_total(cfg.spend_dim)
+        spend = _lifetime_total(view, cfg.spend_dim, now, cfg)
         x["spend_log"] = log1p(spend)
         x["spend_per_active_day_log"] = log1p(spend / active_days)
-    return x
+
+
+def _lifetime_total(view: ActivityView, dim: str, now: float, cfg: FeatureConfig) -> float:
+    lifetime = getattr(view, "lifetime", None)
+    if lifetime is not None:
+        return max(float(lifetime(dim)), 0.0)
+    return max(view.total(dim, cfg.fallback_days, now), 0.0)
+
+
+_DimLayout = tuple[str, tuple[tuple[int, str], ...], str, str]
+
+
+@cache
+def _layout(cfg: FeatureConfig) -> tuple[_DimLayout, ...]:
+    """Per dimension: its name, ``(horizon, feature name)`` pairs, recency and trend names."""
+    return tuple(
+        (
+            dim,
+            tuple((h, f"{dim}_{h}d") for h in cfg.horizons),
+            f"{dim}_recency",
+            f"{dim}_trend",
+        )
+        for dim in cfg.dims
+    )
 
 
 class _ListView:

@@ -80,7 +80,8 @@ class Processor:
             due = await self._redis(
                 "due_users", self.store.due_users(topic, partition, float("inf"), 10**9)
             )
-            engine = PartitionEngine(self.core, snap.blob if snap else None, dict(due))
+            entries = await self._redis("load_labels", self.store.load_labels(topic, partition))
+            engine = PartitionEngine(self.core, snap.blob if snap else None, dict(due), entries)
             owned = self.owned[key] = _Owned(engine, snap.offset if snap else -1, asyncio.Lock())
             self.metrics.partitions_owned.set(len(self.owned))
         return owned
@@ -198,7 +199,15 @@ class Processor:
         await self._redis(
             "commit",
             self.store.commit(
-                topic, partition, offset, users, engine.snapshot(), ttl_s=self._ttl_s, due=r.due
+                topic,
+                partition,
+                offset,
+                users,
+                engine.snapshot(),
+                ttl_s=self._ttl_s,
+                due=r.due,
+                labels=engine.label_changes(),
+                same_offset=same,
             ),
         )
 

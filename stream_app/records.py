@@ -27,7 +27,7 @@ dead-letter topic can be counted and alerted on by cause:
 ``schema``
     The object breaks ``app_event.v1``; the detail names the JSON path and the rule.
 ``bad_timestamp``
-    ``occurred_at`` is not an RFC 3339 date-time, is before 2000-01-01, or is more than a
+    ``occurred_at`` is not an RFC 3339 date-time, is before 1970-01-01, or is more than a
     day ahead of the decoder's clock.
 ``bad_timezone``
     ``context.timezone`` is not a known IANA zone.
@@ -104,7 +104,7 @@ OUTPUT_TYPES: Final[Mapping[str, str]] = MappingProxyType(
 SCHEMA_BASE: Final = "https://churn-warnings.dev/schemas/"
 DLQ_DETAIL_MAX: Final = 512
 
-_EARLIEST: Final = 946_684_800.0
+_EARLIEST: Final = 0.0
 _MAX_AHEAD_S: Final = 86_400.0
 _CE_TIME_SLACK_S: Final = 0.001
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
@@ -319,8 +319,9 @@ def _zone_offset(name: str, minute: int) -> int | None:
 
 
 def _utc_offset(name: str, at: float) -> int:
-    """Offsets are looked up per whole minute: since 2000 every zone changes offset on a
-    minute boundary, so live traffic from one zone mostly hits the cache."""
+    """Offsets are looked up per whole minute: zones change offset on minute boundaries
+    (a few 1970s offsets with seconds aside), so live traffic from one zone mostly hits the
+    cache."""
     fixed = _OFFSET.fullmatch(name)
     if fixed is not None:
         fixed_s = int(fixed.group(2)) * 3_600 + int(fixed.group(3)) * 60
@@ -337,7 +338,7 @@ def _event_time(text: str, now: float | None) -> float:
     except ValueError as exc:
         raise InvalidEvent("bad_timestamp", f"$.occurred_at: {exc}") from None
     if at < _EARLIEST:
-        raise InvalidEvent("bad_timestamp", f"$.occurred_at: {text!r} is before 2000-01-01")
+        raise InvalidEvent("bad_timestamp", f"$.occurred_at: {text!r} is before 1970-01-01")
     limit = (_time.time() if now is None else now) + _MAX_AHEAD_S
     if at > limit:
         raise InvalidEvent("bad_timestamp", f"$.occurred_at: {text!r} is over a day ahead")

@@ -8,10 +8,10 @@ with a message that names the variable (see :func:`load_settings`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "CHURN_"
 
@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     label_max_pending: int = Field(
         20_000, ge=100, description="Most snapshots per partition waiting for their label."
     )
-    rescore_after_days: tuple[float, ...] = Field(
+    rescore_after_days: Annotated[tuple[float, ...], NoDecode] = Field(
         (7.0, 14.0, 28.0, 56.0, 91.0, 140.0, 210.0),
         description="Silent users are re-scored this many days after their last activity "
         "(comma separated), so the model sees and warns about absence, not only activity.",

@@ -147,7 +147,7 @@ def start_redis(settings: Settings) -> int:
     return pid
 
 
-def _redis_listening(settings: Settings) -> bool:
+def redis_listening(settings: Settings) -> bool:
     parsed = urlparse(settings.redis_url)
     return port_open(parsed.hostname or "127.0.0.1", parsed.port or 6379)
 
@@ -170,21 +170,31 @@ def create_topics(settings: Settings, topics: Iterable[str] | None = None) -> No
         admin.close()
 
 
-def start(settings: Settings) -> Stack:
-    """Start what is needed, wait until both answer, create the topics."""
+def broker_listening(settings: Settings) -> bool:
+    """Something answers at the first bootstrap address."""
+    return port_open(*_host_port(settings.kafka_bootstrap))
+
+
+def start(settings: Settings, *, reuse_broker: bool = False) -> Stack:
+    """Start what is needed, wait until both answer, create the topics.
+
+    With ``reuse_broker`` a broker already listening at the bootstrap address is used as it
+    is (and not stopped later); otherwise a taken port is an error.
+    """
     run_dir = settings.embedded_run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     pids: dict[str, int] = {}
     try:
-        pids[BROKER] = start_broker(settings)
-        _pidfile(run_dir, BROKER).write_text(str(pids[BROKER]))
+        if not (reuse_broker and broker_listening(settings)):
+            pids[BROKER] = start_broker(settings)
+            _pidfile(run_dir, BROKER).write_text(str(pids[BROKER]))
         reuse = settings.embedded_redis == "external" or (
-            settings.embedded_redis == "auto" and _redis_listening(settings)
+            settings.embedded_redis == "auto" and redis_listening(settings)
         )
         if not reuse:
             pids[REDIS] = start_redis(settings)
             _pidfile(run_dir, REDIS).write_text(str(pids[REDIS]))
-        wait_until(lambda: _redis_listening(settings), "redis", timeout=10)
+        wait_until(lambda: redis_listening(settings), "redis", timeout=10)
         create_topics(settings)
     except Exception:
         stop(settings)

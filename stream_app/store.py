@@ -55,13 +55,21 @@ class WindowStore(Protocol):
         *,
         ttl_s: int,
         due: Mapping[str, float | None],
+        labels: Mapping[str, bytes | None] = ...,
+        same_offset: bool = False,
     ) -> bool:
         """Atomically apply a batch unless ``offset`` was already committed.
 
         Returns False (and changes nothing) when the stored offset is ``>= offset``, i.e.
         on redelivery.  Otherwise sets each user blob with expiry ``ttl_s`` (None deletes),
-        the partition blob when given, the due index (None removes) and the offset.
+        the partition blob when given, the due index (None removes), the label entries
+        (None removes) and the offset.  ``same_offset`` commits work that consumed no
+        record (a wall-clock sweep): it is refused only when the stored offset is newer.
         """
+        ...
+
+    async def load_labels(self, topic: str, partition: int) -> list[bytes]:
+        """The partition's pending label entries (opaque values, any order)."""
         ...
 
     async def due_users(
@@ -85,11 +93,15 @@ class WindowStore(Protocol):
 
 _COMMIT = """
 local stored = redis.call('HGET', KEYS[1], 'offset')
-if stored and tonumber(stored) >= tonumber(ARGV[1]) then return 0 end
-local ttl, n_users, n_due = ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[5])
-local a = 6
+if stored then
+  local s, o = tonumber(stored), tonumber(ARGV[1])
+  if s > o or (s == o and ARGV[7] ~= '1') then return 0 end
+end
+local ttl, n_users = ARGV[2], tonumber(ARGV[4])
+local n_due, n_labels = tonumber(ARGV[5]), tonumber(ARGV[6])
+local a = 8
 for i = 1, n_users do
-  local key = KEYS[2 + i]
+  local key = KEYS[3 + i]
   if ARGV[a] == 's' then
     redis.call('SET', key, ARGV[a + 1], 'EX', ttl)
   else
@@ -104,6 +116,14 @@ for i = 1, n_due do
     redis.call('ZADD', KEYS[2], ARGV[a + 1], ARGV[a])
   end
   a = a + 2
+end
+for i = 1, n_labels do
+  if ARGV[a + 1] == 'd' then
+    redis.call('HDEL', KEYS[3], ARGV[a])
+  else
+    redis.call('HSET', KEYS[3], ARGV[a], ARGV[a + 2])
+  end
+  a = a + 3
 end
 if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'blob', ARGV[a]) end
 redis.call('HSET', KEYS[1], 'offset', ARGV[1])
@@ -134,6 +154,12 @@ class RedisWindowStore:
     def _due(self, topic: str, partition: int) -> str:
         return f"{self._prefix}due:{{{topic}:{partition}}}"
 
+    def _labels(self, topic: str, partition: int) -> str:
+        return f"{self._prefix}labels:{{{topic}:{partition}}}"
+
+    async def load_labels(self, topic: str, partition: int) -> list[bytes]:
+        return cast(list[bytes], await self._r.hvals(self._labels(topic, partition)))
+
     async def load_users(self, user_ids: Sequence[str]) -> dict[str, bytes]:
         if not user_ids:
             return {}
@@ -158,17 +184,26 @@ class RedisWindowStore:
         *,
         ttl_s: int,
         due: Mapping[str, float | None],
+        labels: Mapping[str, bytes | None] | None = None,
+        same_offset: bool = False,
     ) -> bool:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
-        keys = [self._part(topic, partition), self._due(topic, partition)]
+        labels = labels or {}
+        keys = [
+            self._part(topic, partition),
+            self._due(topic, partition),
+            self._labels(topic, partition),
+        ]
         keys += [self._user(u) for u in users]
         args: list[bytes | str | int] = [offset, ttl_s, int(partition_blob is not None)]
-        args += [len(users), len(due)]
+        args += [len(users), len(due), len(labels), int(same_offset)]
         for blob in users.values():
             args += ("d", b"") if blob is None else ("s", blob)
         for user, deadline in due.items():
             args += (user, "" if deadline is None else repr(float(deadline)))
+        for entry, value in labels.items():
+            args += (entry, "d", b"") if value is None else (entry, "s", value)
         if partition_blob is not None:
             args.append(partition_blob)
         return bool(await self._commit(keys=keys, args=args))
@@ -183,10 +218,17 @@ class RedisWindowStore:
         return [(m.decode(), float(s)) for m, s in rows]
 
     async def forget_user(self, user_id: str, partitions: Sequence[tuple[str, int]]) -> int:
+        pattern = _glob_escape(user_id) + "\x00*"
+        entries = {
+            (t, p): [f async for f, _ in self._r.hscan_iter(self._labels(t, p), match=pattern)]
+            for t, p in partitions
+        }
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.delete(self._user(user_id))
             for topic, partition in partitions:
                 pipe.zrem(self._due(topic, partition), user_id)
+                if entries[(topic, partition)]:
+                    pipe.hdel(self._labels(topic, partition), *entries[(topic, partition)])
             return sum(int(n) for n in await pipe.execute())
 
     async def user_ttl(self, user_id: str) -> float | None:
@@ -209,6 +251,12 @@ class _Part:
     offset: int | None = None
     blob: bytes = b""
     due: dict[str, float] = field(default_factory=dict)
+    labels: dict[str, bytes] = field(default_factory=dict)
+
+
+def _glob_escape(text: str) -> str:
+    """Escape Redis MATCH pattern characters."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 class MemoryWindowStore:
@@ -260,12 +308,20 @@ class MemoryWindowStore:
         *,
         ttl_s: int,
         due: Mapping[str, float | None],
+        labels: Mapping[str, bytes | None] | None = None,
+        same_offset: bool = False,
     ) -> bool:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         part = self._parts.setdefault((topic, partition), _Part())
-        if part.offset is not None and part.offset >= offset:
+        stored = part.offset
+        if stored is not None and (stored > offset or (stored == offset and not same_offset)):
             return False
+        for entry, value in (labels or {}).items():
+            if value is None:
+                part.labels.pop(entry, None)
+            else:
+                part.labels[entry] = bytes(value)
         expires = self._clock() + ttl_s
         for user, blob in users.items():
             if blob is None:
@@ -296,9 +352,19 @@ class MemoryWindowStore:
         self._users.pop(user_id, None)
         for key in partitions:
             part = self._parts.get(key)
-            if part is not None and part.due.pop(user_id, None) is not None:
+            if part is None:
+                continue
+            if part.due.pop(user_id, None) is not None:
                 count += 1
+            mine = [e for e in part.labels if e.startswith(user_id + "\x00")]
+            for entry in mine:
+                del part.labels[entry]
+            count += len(mine)
         return count
+
+    async def load_labels(self, topic: str, partition: int) -> list[bytes]:
+        part = self._parts.get((topic, partition))
+        return list(part.labels.values()) if part else []
 
     async def user_ttl(self, user_id: str) -> float | None:
         """Seconds until the user's blob expires (None if missing)."""

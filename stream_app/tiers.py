@@ -40,7 +40,7 @@ import functools
 import hashlib
 import math
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -185,7 +185,7 @@ class QuantileSketch:
         if old_bin is not None and 0 <= old_bin < len(counts) and counts[old_bin] > 0:
             counts[old_bin] -= 1
         counts[new_bin] += 1
-        return QuantileSketch(self.layout, tuple(counts)), new_bin
+        return _sketch(self.layout, tuple(counts)), new_bin
 
     def cdf(self, x: float) -> float:
         """Mid-rank position of ``x`` in the population, in [0, 1].
@@ -234,6 +234,14 @@ class QuantileSketch:
             raise ValueError(f"unknown sketch encoding version {version}")
         counts = struct.unpack_from(f"<{bins}I", data, struct.calcsize("<BddH"))
         return cls(SketchLayout(lo, hi, bins), tuple(counts))
+
+
+def _sketch(layout: SketchLayout, counts: tuple[int, ...]) -> QuantileSketch:
+    """A sketch from counts known to be valid (derived from a valid sketch by one move)."""
+    sketch: QuantileSketch = object.__new__(QuantileSketch)
+    object.__setattr__(sketch, "layout", layout)
+    object.__setattr__(sketch, "counts", counts)
+    return sketch
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,15 +531,14 @@ def step_tiers(
     """
     lc = new_lifecycle if new_lifecycle is not None else state.lifecycle
     seg = new_segment if new_segment is not None else state.value_segment
-    new_state = replace(
-        state,
-        lifecycle=lc,
-        value_segment=seg,
-        rfm=rfm if rfm is not None else state.rfm,
-        rfm_bins=rfm_bins if rfm_bins is not None else state.rfm_bins,
-    )
+    r = rfm if rfm is not None else state.rfm
+    bins = rfm_bins if rfm_bins is not None else state.rfm_bins
+    if lc == state.lifecycle and seg == state.value_segment:
+        if r == state.rfm and bins == state.rfm_bins:
+            return state, []
+        return TierState(lc, seg, r, bins), []
+    new_state = TierState(lc, seg, r, bins)
     bucket = str(math.floor(at / bucket_s))
-    r = new_state.rfm
     moves = (
         ("lifecycle", state.lifecycle, lc, _LIFECYCLE_REASONS.get(lc or "", "")),
         ("value", state.value_segment, seg, "rfm_" + "".join(map(str, r)) if r else "rfm"),

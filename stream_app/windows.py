@@ -34,6 +34,7 @@ import enum
 import functools
 import hashlib
 import math
+import operator
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -327,11 +328,11 @@ class UserWindows:
 
     def tenure_days(self, now: float) -> float:
         """Days since first seen (0 if ``now`` is before it)."""
-        return max(0.0, (now - self.first_seen) / _DAY_S)
+        return max(0.0, (now - self.first_ms / 1000) / _DAY_S)
 
     def dimensions(self) -> tuple[str, ...]:
         """The dimension names this state can answer for."""
-        return self.cfg.dimension_names
+        return self.cfg._plan.names
 
     def last_seen_in(self, dim: str) -> float | None:
         """When the user last did something feeding ``dim`` (None if never).
@@ -357,17 +358,20 @@ class UserWindows:
         >>> s.total("spend", 1, 1e9), s.total("spend", 7, 1e9 + 8 * 86_400)
         (9.99, 0.0)
         """
-        end = local_day(now, self.offset_s)
-        return self._sum(self._idx(dim), end - days + 1, end)
+        at = self._at(now)
+        sums = at.sums.get(days)
+        if sums is None:
+            sums = at.sums[days] = self._sums(at.end - days + 1, at.end)
+        idx = self._idx(dim)
+        return sums[idx] / self.cfg._plan.quanta[idx]
 
     def days_active(self, days: int, now: float) -> int:
         """Distinct local days with any event in the trailing ``days`` days (exact)."""
-        end = local_day(now, self.offset_s)
-        lo = end - days + 1
-        count = sum(1 for d, _ in self.daily if lo <= d <= end)
-        for week, bits, _ in self.weekly:
-            count += (bits & _mask(week, lo, end)).bit_count()
-        return count
+        at = self._at(now)
+        found = at.active.get(days)
+        if found is None:
+            found = at.active[days] = self._days_active(at.end - days + 1, at.end)
+        return found
 
     def baseline(self, dim: str, now: float) -> float:
         """Usual amount of ``dim`` per 7 days over ``cfg.baseline_weeks`` before now.
@@ -380,13 +384,15 @@ class UserWindows:
         >>> s.baseline("logins", 9 * 86_400.0)  # 1 login over its 3 baseline days
         2.3333333333333335
         """
-        first, last = self.cfg.baseline_weeks
-        end = local_day(now, self.offset_s)
-        hi = end - 7 * (first - 1)
-        lo = max(end - 7 * last + 1, local_day(self.first_seen, self.offset_s))
+        at = self._at(now)
+        base = at.base
+        if base is None:
+            base = at.base = self._baseline_sums(at.end)
+        lo, hi, sums = base
         if hi < lo:
             return 0.0
-        return self._sum(self._idx(dim), lo, hi) * 7 / (hi - lo + 1)
+        idx = self._idx(dim)
+        return sums[idx] / self.cfg._plan.quanta[idx] * 7 / (hi - lo + 1)
 
     def drop_ratio(self, dim: str, now: float) -> float | None:
         """``1 - recent7 / baseline``: 1 means stopped, 0 usual, negative more than usual."""
@@ -426,18 +432,67 @@ class UserWindows:
         except KeyError:
             raise KeyError(f"unknown dimension {dim!r}") from None
 
-    def _sum(self, idx: int, lo: int, hi: int) -> float:
-        total = 0.0
+    def _at(self, now: float) -> _Instant:
+        """The memo of aggregates at ``now`` (one per state and instant, last one kept).
+
+        The engine reads the same state at the same instant from features, rules and tiers;
+        the state is immutable, so whatever was computed for one of them holds for all.
+        """
+        at = _LAST[0]
+        if at.state is self and at.now == now:
+            return at
+        at = _LAST[0] = _Instant(self, now, local_day(now, self.offset_s))
+        return at
+
+    def _days_active(self, lo: int, end: int) -> int:
+        count = 0
+        for d, _ in self.daily:
+            if lo <= d <= end:
+                count += 1
+        for week, bits, _ in self.weekly:
+            count += (bits & _mask(week, lo, end)).bit_count()
+        return count
+
+    def _baseline_sums(self, end: int) -> tuple[int, int, list[float]]:
+        """Bounds of the baseline window at local day ``end`` and its sums (empty if none)."""
+        first, last = self.cfg.baseline_weeks
+        hi = end - 7 * (first - 1)
+        lo = max(end - 7 * last + 1, local_day(self.first_ms / 1000, self.offset_s))
+        return lo, hi, (self._sums(lo, hi) if lo <= hi else [])
+
+    def _sums(self, lo: int, hi: int) -> list[float]:
+        """Raw totals of every dimension over local days ``lo..hi``, in storage quanta.
+
+        Each dimension is accumulated as a float in bucket order, days then weeks, exactly
+        as a single-dimension sum would be, so every total is the same to the last bit.
+        """
+        acc = [0.0] * len(self.cfg._plan.names)
         for d, values in self.daily:
             if lo <= d <= hi:
-                total += values[idx]
+                acc = list(map(operator.add, acc, values))
         for week, bits, values in self.weekly:
             inside = bits & _mask(week, lo, hi)
             if inside == bits:
-                total += values[idx]
+                acc = list(map(operator.add, acc, values))
             elif inside:
-                total += values[idx] * inside.bit_count() / bits.bit_count()
-        return total / self.cfg._plan.quanta[idx]
+                part, whole = inside.bit_count(), bits.bit_count()
+                acc = [a + v * part / whole for a, v in zip(acc, values, strict=True)]
+        return acc
+
+
+class _Instant:
+    """Aggregates of one :class:`UserWindows` at one instant, filled in as they are asked."""
+
+    __slots__ = ("active", "base", "end", "now", "state", "sums")
+
+    def __init__(self, state: UserWindows | None, now: float, end: int) -> None:
+        self.state, self.now, self.end = state, now, end
+        self.sums: dict[int, list[float]] = {}
+        self.active: dict[int, int] = {}
+        self.base: tuple[int, int, list[float]] | None = None
+
+
+_LAST: list[_Instant] = [_Instant(None, math.nan, 0)]
 
 
 def _mask(week: int, lo: int, hi: int) -> int:

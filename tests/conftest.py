@@ -118,9 +118,9 @@ def running_worker(
     started: list[Worker] = []
     prefix = unique("w")
 
-    def start(wait: bool = True, **overrides: object) -> Worker:
-        env = worker_env(kafka_bootstrap, redis_url, prefix, **overrides)
-        topics = Settings(**{k[len("CHURN_"):].lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+    def start(wait: bool = True, group: str = "", **overrides: object) -> Worker:
+        env = worker_env(kafka_bootstrap, redis_url, prefix + group, **overrides)
+        topics = Settings(**{k[len("CHURN_") :].lower(): v for k, v in env.items()})  # type: ignore[arg-type]
         stack.create_topics(topics)
         log_path = tmp_path / f"worker{len(started)}.log"
         out = log_path.open("wb")

@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import pickle
+import struct
+from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -82,13 +84,39 @@ class LabelConfig:
 
 @dataclass(slots=True)
 class _Snapshot:
+    seq: int
     t: float
-    x: dict[str, float]
+    x: bytes
     returned: bool = False
+
+
+_HEAD = struct.Struct("<qd?H")
+
+
+def _entry_id(user: str, seq: int) -> str:
+    """Entry ids start with the user id, so a privacy request can find a user's entries."""
+    return f"{user}\x00{seq}"
+
+
+def _pack(snap: _Snapshot, user: str) -> bytes:
+    raw = user.encode()
+    return _HEAD.pack(snap.seq, snap.t, snap.returned, len(raw)) + raw + snap.x
+
+
+def _unpack(data: bytes) -> tuple[str, _Snapshot]:
+    seq, t, returned, n = _HEAD.unpack_from(data)
+    start = _HEAD.size
+    return data[start : start + n].decode(), _Snapshot(seq, t, data[start + n :], returned)
 
 
 class LabelBook:
     """Pending scored snapshots awaiting their churn label.
+
+    The snapshots themselves are persisted incrementally: :meth:`drain_changes` hands out
+    what was added, changed or removed since the last call, so a caller can write a
+    batch's changes next to the batch (a hash of entries keyed by snapshot id) instead of
+    rewriting the whole book; :meth:`meta_bytes` is the small rest, and :meth:`restore`
+    rebuilds an identical book from both.
 
     Parameters
     ----------
@@ -101,6 +129,8 @@ class LabelBook:
         self._by_user: dict[str, deque[_Snapshot]] = {}
         self._due: list[tuple[float, int, str]] = []
         self._seq = 0
+        self._names: tuple[str, ...] | None = None
+        self._changed: dict[str, bytes | None] = {}
         self.pending = 0
         self.dropped = 0
 
@@ -125,6 +155,19 @@ class LabelBook:
             return False
         return self._sampled(user, t) and self.pending < self.cfg.max_pending
 
+    def _encode_x(self, x: dict[str, float]) -> bytes:
+        names = tuple(x)
+        if self._names is None:
+            self._names = names
+        elif names != self._names:
+            raise ValueError("feature names changed while labels were pending")
+        return array("d", x.values()).tobytes()
+
+    def _decode_x(self, data: bytes) -> dict[str, float]:
+        values = array("d")
+        values.frombytes(data)
+        return dict(zip(self._names or (), values, strict=True))
+
     def on_score(self, user: str, t: float, x: dict[str, float]) -> bool:
         """Maybe keep a snapshot of ``x`` scored at event time ``t``; return whether kept.
 
@@ -144,8 +187,10 @@ class LabelBook:
             return False
         if queue is None:
             queue = self._by_user[user] = deque()
-        queue.append(_Snapshot(t, dict(x)))
+        snap = _Snapshot(self._seq, t, self._encode_x(x))
+        queue.append(snap)
         heapq.heappush(self._due, (t + self.cfg.churn.horizon_s, self._seq, user))
+        self._changed[_entry_id(user, snap.seq)] = _pack(snap, user)
         self._seq += 1
         self.pending += 1
         return True
@@ -157,8 +202,9 @@ class LabelBook:
             return
         horizon = self.cfg.churn.horizon_s
         for snap in queue:
-            if snap.t < t <= snap.t + horizon:
+            if not snap.returned and snap.t < t <= snap.t + horizon:
                 snap.returned = True
+                self._changed[_entry_id(user, snap.seq)] = _pack(snap, user)
 
     def mature(self, watermark: float) -> list[tuple[dict[str, float], bool]]:
         """Pop snapshots whose horizon ended by ``watermark`` as ``(features, churned)``.
@@ -174,23 +220,49 @@ class LabelBook:
             if not queue:
                 del self._by_user[user]
             self.pending -= 1
-            out.append((snap.x, not snap.returned))
+            self._changed[_entry_id(user, snap.seq)] = None
+            out.append((self._decode_x(snap.x), not snap.returned))
         return out
 
-    def to_bytes(self) -> bytes:
-        """Serialise the book; identical call histories give identical bytes.
+    def drain_changes(self) -> dict[str, bytes | None]:
+        """Snapshot entries written (bytes) or removed (None) since the last call."""
+        changed, self._changed = self._changed, {}
+        return changed
 
-        The reloaded copy is dumped so that string sharing, which pickle records, is the
-        same for a live book and a restored one.
+    def meta_bytes(self) -> bytes:
+        """Everything but the snapshots: counters and feature names (small, deterministic)."""
+        return pickle.dumps((self.cfg, self._seq, self.pending, self.dropped, self._names), 5)
+
+    @classmethod
+    def restore(cls, meta: bytes, entries: Iterable[bytes]) -> LabelBook:
+        """Rebuild a book from :meth:`meta_bytes` and its persisted snapshot entries.
+
+        Examples
+        --------
+        >>> book = LabelBook()
+        >>> _ = book.on_score("u", 0.0, {"a": 1.0}), book.on_score("v", 0.0, {"a": 2.0})
+        >>> twin = LabelBook.restore(book.meta_bytes(), book.drain_changes().values())
+        >>> twin.mature(30 * DAY) == book.mature(30 * DAY)
+        True
         """
-        state = (self.cfg, self._by_user, self._due, self._seq, self.pending, self.dropped)
-        return pickle.dumps(pickle.loads(pickle.dumps(state, protocol=5)), protocol=5)
+        cfg, seq, pending, dropped, names = pickle.loads(meta)
+        book = cls(cfg)
+        book._seq, book.pending, book.dropped, book._names = seq, pending, dropped, names
+        snaps = sorted((_unpack(e) for e in entries if e is not None), key=lambda p: p[1].seq)
+        for user, snap in snaps:
+            book._by_user.setdefault(user, deque()).append(snap)
+            book._due.append((snap.t + cfg.churn.horizon_s, snap.seq, user))
+        heapq.heapify(book._due)
+        return book
+
+    def to_bytes(self) -> bytes:
+        """The whole book as one value (tests and small tools; the worker persists it
+        incrementally)."""
+        entries = [_pack(s, u) for u, q in sorted(self._by_user.items()) for s in q]
+        return pickle.dumps((self.meta_bytes(), entries), protocol=5)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> LabelBook:
         """Restore a book written by :meth:`to_bytes`."""
-        cfg, by_user, due, seq, pending, dropped = pickle.loads(data)
-        book = cls(cfg)
-        book._by_user, book._due, book._seq = by_user, due, seq
-        book.pending, book.dropped = pending, dropped
-        return book
+        meta, entries = pickle.loads(data)
+        return cls.restore(meta, entries)

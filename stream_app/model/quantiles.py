@@ -17,11 +17,20 @@ Examples
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["RankSketch"]
+
+_BLOCK = 32
 
 
 class RankSketch:
     """Windowed fixed-bin histogram of probabilities giving percentile ranks.
+
+    Besides the two generations the sketch keeps their sum per bin and per block of
+    ``32`` bins, so a rank is two short sums instead of a scan of every bin. Those are
+    derived data: they are left out of the pickled state and rebuilt on load, so a
+    checkpoint holds exactly the two generations.
 
     Parameters
     ----------
@@ -38,6 +47,21 @@ class RankSketch:
         self._previous = [0] * bins
         self._n_current = 0
         self._n_previous = 0
+        self._reindex()
+
+    def _reindex(self) -> None:
+        both = [a + b for a, b in zip(self._current, self._previous, strict=True)]
+        self._both = both
+        self._blocks = [sum(both[i : i + _BLOCK]) for i in range(0, self.bins, _BLOCK)]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_both"], state["_blocks"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reindex()
 
     def _bin(self, p: float) -> int:
         return min(max(int(p * self.bins), 0), self.bins - 1)
@@ -47,7 +71,11 @@ class RankSketch:
         if self._n_current >= self.window:
             self._previous, self._current = self._current, [0] * self.bins
             self._n_previous, self._n_current = self._n_current, 0
-        self._current[self._bin(p)] += 1
+            self._reindex()
+        i = self._bin(p)
+        self._current[i] += 1
+        self._both[i] += 1
+        self._blocks[i // _BLOCK] += 1
         self._n_current += 1
 
     def percentile(self, p: float) -> float:
@@ -62,6 +90,6 @@ class RankSketch:
         if n == 0:
             return 50.0
         i = self._bin(p)
-        below = sum(self._current[:i]) + sum(self._previous[:i])
-        tie = self._current[i] + self._previous[i]
-        return 100.0 * (below + 0.5 * tie) / n
+        block = i // _BLOCK
+        below = sum(self._blocks[:block]) + sum(self._both[block * _BLOCK : i])
+        return 100.0 * (below + 0.5 * self._both[i]) / n

@@ -33,24 +33,23 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
+        if isinstance(value, tuple | list):
+            value = ",".join(str(v) for v in value)
         env[f"CHURN_{name.upper()}"] = str(value)
     return env
 
 
 @contextmanager
-def running_stack(settings: Settings) -> Iterator[bool]:
-    """Start the embedded stack unless a broker already answers; yield whether we started it."""
-    host, port = settings.kafka_bootstrap.split(",")[0].rsplit(":", 1)
-    started = not stack.port_open(host, int(port))
-    if started:
-        stack.start(settings)
-    else:
-        stack.create_topics(settings)
+def running_stack(settings: Settings) -> Iterator[stack.Stack]:
+    """Use the broker and Redis the settings point at, starting whichever is not there."""
+    running = stack.start(settings, reuse_broker=True)
     try:
-        yield started
+        yield running
     finally:
-        if started:
-            stack.stop(settings)
+        for pid in running.pids.values():
+            stack.stop_pid(pid)
+        for name in running.pids:
+            (settings.embedded_run_dir / f"{name}.pid").unlink(missing_ok=True)
 
 
 @contextmanager

@@ -1,0 +1,172 @@
+"""Integration: replaying the CDNOW log twice leaves Redis exactly as replaying it once.
+
+Why: at-least-once delivery, a producer retry or an operator re-running a replay all send
+events the service has already applied. Their effect must be nil: the same user records,
+the same deadlines, the same pending labels and the same partition state (watermark,
+model, RFM sketches), byte for byte, and nothing new for subscribers. The second copy of
+each event is either dropped as a duplicate (its id is still remembered, within the
+lateness bound of the user's newest event) or sent to the DLQ as ``late_event``, and
+those two counts add up to what was replayed.
+
+The slice is the first 3,000 purchases of ``data/CDNOW_master.txt`` in event-time order
+(the file is grouped by customer; the replay sorts it), on one partition with the
+purchase-log profile.
+
+The only thing excluded from the comparison is Kafka offset bookkeeping: the ``offset``
+field of the partition hash, which must advance because the second pass consumed 3,000
+more records. Expiry times of user keys are not compared either (DUMP and GET carry no
+TTL, and a TTL is wall-clock bookkeeping); nothing else under the worker's key prefix is
+allowed to differ, and no key may appear or disappear.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kafka import KafkaConsumer, TopicPartition
+
+from stream_app.settings import Settings
+from stream_app.tools.replay import run_replay
+from stream_app.tools.session import wait_drained
+from stream_app.tools.sources import load_events, parse_time
+
+CDNOW = Path(__file__).resolve().parents[2] / "data" / "CDNOW_master.txt"
+LIMIT = 3000
+OFFSET_BOOKKEEPING = b"offset"
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    return Settings(**{k[len("CHURN_") :].lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+
+
+def dump(client: redis.Redis, prefix: str) -> dict[str, Any]:
+    """Every key under ``prefix`` with its content, in a form that compares by value:
+    hashes and sorted sets as their entries (so member order and encoding do not matter),
+    strings as their bytes, anything else as DUMP bytes."""
+    out: dict[str, Any] = {}
+    for raw in client.scan_iter(match=f"{prefix}*", count=1000):
+        key = raw.decode()
+        kind = client.type(raw).decode()
+        if kind == "string":
+            out[key] = client.get(raw)
+        elif kind == "hash":
+            fields = client.hgetall(raw)
+            if key.startswith(f"{prefix}p:"):
+                fields.pop(OFFSET_BOOKKEEPING, None)
+            out[key] = fields
+        elif kind == "zset":
+            out[key] = dict(client.zrange(raw, 0, -1, withscores=True))
+        else:
+            out[key] = (kind, client.dump(raw))
+    return out
+
+
+def topic_records(bootstrap: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` so far (manual assignment, no consumer group)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0}]
+        consumer.assign(parts)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(parts)
+        out: list[Any] = []
+        deadline = time.monotonic() + 30
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            assert time.monotonic() < deadline, f"{topic}: stuck before the end offsets"
+            for msgs in consumer.poll(timeout_ms=500).values():
+                out.extend(msgs)
+        return out
+    finally:
+        consumer.close()
+
+
+def metric(web_url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{web_url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    match = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not exported"
+    return float(match.group(1))
+
+
+WORKER = {"partitions": 1, "profile": "purchases", "holdout_share": 0.0}
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-worker", "restarted-worker"])
+def test_replaying_cdnow_twice_leaves_redis_identical(
+    running_worker: Callable[..., Any], kafka_bootstrap: str, redis_url: str, restart: bool
+) -> None:
+    """With ``restart`` the second pass runs on a new worker process that loads the
+    partition from Redis (model, labels, deadlines) instead of keeping it in memory, as
+    after a crash or a rebalance; the state must still come out byte-identical."""
+    worker = running_worker(**WORKER)
+    env = worker.settings_env
+    settings = settings_of(env)
+    events_topic, prefix = env["CHURN_TOPIC_EVENTS"], env["CHURN_KEY_PREFIX"]
+    outputs = (env["CHURN_TOPIC_WARNINGS"], env["CHURN_TOPIC_TIERS"])
+
+    events = load_events(CDNOW, limit=LIMIT).events
+    assert len(events) == LIMIT
+    newest: dict[str, float] = {}
+    for e in events:
+        newest[e["user_id"]] = max(newest.get(e["user_id"], 0.0), parse_time(e["occurred_at"]))
+    # The second copy of an event at its user's newest time is a remembered duplicate;
+    # every older one is beyond the 6-hour lateness bound (CDNOW has one time per day).
+    expected_dups = sum(1 for e in events if parse_time(e["occurred_at"]) == newest[e["user_id"]])
+    expected_late = LIMIT - expected_dups
+    assert 0 < expected_dups < LIMIT
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        first = run_replay(CDNOW, events_topic, kafka_bootstrap, limit=LIMIT, out=io.StringIO())
+        assert first.sent == LIMIT
+        wait_drained(settings, events_topic, LIMIT, timeout=60, out=io.StringIO())
+        once = dump(client, prefix)
+        published_once = [len(topic_records(kafka_bootstrap, t)) for t in outputs]
+        assert topic_records(kafka_bootstrap, env["CHURN_TOPIC_DLQ"]) == []
+        assert metric(worker.web_url, "churn_events_duplicate_total") == 0
+
+        assert f"{prefix}u:{events[0]['user_id']}" in once
+        assert sum(1 for k in once if k.startswith(f"{prefix}u:")) == len(newest)
+        assert any(k.startswith(f"{prefix}due:") for k in once)
+        assert any(k.startswith(f"{prefix}p:") and once[k].get(b"blob") for k in once)
+        assert published_once[1] > 0, "the first pass produced tier changes"
+        offsets = [client.hget(k, OFFSET_BOOKKEEPING) for k in once if k.startswith(f"{prefix}p:")]
+        assert offsets == [str(LIMIT - 1).encode()]
+
+        if restart:
+            assert worker.stop() == 0, worker.log()[-3000:]
+            worker = running_worker(**WORKER)
+            assert worker.settings_env == env | {"CHURN_WEB_PORT": worker.settings_env[
+                "CHURN_WEB_PORT"
+            ]}
+        second = run_replay(CDNOW, events_topic, kafka_bootstrap, limit=LIMIT, out=io.StringIO())
+        assert second.sent == LIMIT
+        wait_drained(settings, events_topic, 2 * LIMIT, timeout=60, out=io.StringIO())
+        twice = dump(client, prefix)
+
+        assert sorted(twice) == sorted(once), "keys appeared or disappeared"
+        changed = sorted(k for k in once if once[k] != twice[k])
+        assert changed == [], f"state changed by a replay of the same events: {changed}"
+        offsets = [client.hget(k, OFFSET_BOOKKEEPING) for k in twice if k.startswith(f"{prefix}p:")]
+        assert offsets == [str(2 * LIMIT - 1).encode()]
+    finally:
+        client.close()
+
+    assert [len(topic_records(kafka_bootstrap, t)) for t in outputs] == published_once
+    dlq = topic_records(kafka_bootstrap, env["CHURN_TOPIC_DLQ"])
+    reasons = {dict(m.headers)["dlq_reason"] for m in dlq}
+    assert reasons <= {b"late_event"}, reasons
+    assert all(LIMIT <= int(dict(m.headers)["dlq_source_offset"]) < 2 * LIMIT for m in dlq)
+    duplicates = metric(worker.web_url, "churn_events_duplicate_total")
+    late = metric(worker.web_url, "churn_events_late_total")
+    # counters start at zero in a restarted worker, which then saw only the second pass
+    assert (len(dlq), duplicates) == (expected_late, expected_dups)
+    assert late == len(dlq) and len(dlq) + duplicates == LIMIT
