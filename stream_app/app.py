@@ -74,7 +74,9 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(topics["events"], name="churn-score")
     async def score(stream: Any) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
-            await processor.handle([event.message for event in batch])
+            messages = [event.message for event in batch]
+            await processor.handle(messages)
+            report_lag(app, metrics, messages)
 
     @app.timer(settings.sweep_interval_s)  # type: ignore[untyped-decorator]
     async def sweep() -> None:
@@ -88,3 +90,17 @@ def create_app(settings: Settings) -> faust.App:
 
     web.register(app, processor, registry, settings)
     return app
+
+
+def report_lag(app: faust.App, metrics: Metrics, messages: list[Any]) -> None:
+    """Consumer lag per partition: the high-water mark minus the next offset to process."""
+    from faust.types import TP
+
+    last: dict[tuple[str, int], int] = {}
+    for m in messages:
+        last[(m.topic, m.partition)] = max(m.offset, last.get((m.topic, m.partition), -1))
+    for (topic, partition), offset in last.items():
+        highwater = app.consumer.highwater(TP(topic, partition))
+        if highwater is not None:
+            lag = max(0, int(highwater) - offset - 1)
+            metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)

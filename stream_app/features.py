@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Iterator
 from functools import cache
 from typing import Protocol
 
@@ -183,18 +184,19 @@ def features(view: ActivityView, now: float, cfg: FeatureConfig) -> dict[str, fl
     tenure_log = log1p(tenure)
     x: dict[str, float] = {}
     known = view.dimensions()
-    for dim, horizons, recency_name, trend_name in _layout(cfg):
+    layout = _layout(cfg)
+    rows = _trailing(view, [dim for dim, *_ in layout if dim in known], cfg.horizons, now)
+    for dim, names, recency_name, trend_name in layout:
         if dim not in known:
-            for _, name in horizons:
+            for name in names:
                 x[name] = 0.0
             x[recency_name] = tenure_log
             x[trend_name] = 0.0
             continue
-        for h, name in horizons:
-            x[name] = log1p(max(view.total(dim, h, now), 0.0))
-        seen = view.last_seen_in(dim)
+        totals, seen, drop = next(rows)
+        for name, total in zip(names, totals, strict=True):
+            x[name] = log1p(max(total, 0.0))
         x[recency_name] = log1p(tenure if seen is None else max((now - seen) / DAY, 0.0))
-        drop = view.drop_ratio(dim, now)
         x[trend_name] = 0.0 if drop is None else min(max(drop, -1.0), 1.0)
     _add_global(x, view, now, cfg, tenure, tenure_log)
     return x
@@ -252,21 +254,44 @@ def _lifetime_total(view: ActivityView, dim: str, now: float, cfg: FeatureConfig
     return max(view.total(dim, cfg.fallback_days, now), 0.0)
 
 
-_DimLayout = tuple[str, tuple[tuple[int, str], ...], str, str]
-
-
-@cache
-def _layout(cfg: FeatureConfig) -> tuple[_DimLayout, ...]:
-    """Per dimension: its name, ``(horizon, feature name)`` pairs, recency and trend names."""
-    return tuple(
-        (
-            dim,
-            tuple((h, f"{dim}_{h}d") for h in cfg.horizons),
-            f"{dim}_recency",
-            f"{dim}_trend",
-        )
-        for dim in cfg.dims
+def _trailing(
+    view: ActivityView, dims: list[str], horizons: tuple[int, ...], now: float
+) -> Iterator[tuple[list[float], float | None, float | None]]:
+    """Per dimension: totals over ``horizons``, last seen, drop ratio; one call if the view
+    offers it (``trailing``), else from the protocol's single look-ups."""
+    batch = getattr(view, "trailing", None)
+    if batch is not None:
+        return iter(batch(dims, horizons, now))
+    return iter(
+        [
+            (
+                [view.total(dim, h, now) for h in horizons],
+                view.last_seen_in(dim),
+                view.drop_ratio(dim, now),
+            )
+            for dim in dims
+        ]
     )
+
+
+_DimLayout = tuple[str, tuple[str, ...], str, str]
+_LAYOUTS: dict[int, tuple[FeatureConfig, tuple[_DimLayout, ...]]] = {}
+
+
+def _layout(cfg: FeatureConfig) -> tuple[_DimLayout, ...]:
+    """Per dimension: its name, its per-horizon feature names, recency and trend names.
+
+    Cached by identity (the entry keeps ``cfg`` alive, so its id cannot be reused): hashing
+    the config on every call would cost more than the look-up saves.
+    """
+    entry = _LAYOUTS.get(id(cfg))
+    if entry is None or entry[0] is not cfg:
+        names = tuple(
+            (dim, tuple(f"{dim}_{h}d" for h in cfg.horizons), f"{dim}_recency", f"{dim}_trend")
+            for dim in cfg.dims
+        )
+        entry = _LAYOUTS[id(cfg)] = (cfg, names)
+    return entry[1]
 
 
 class _ListView:

@@ -34,7 +34,6 @@ import enum
 import functools
 import hashlib
 import math
-import operator
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -358,20 +357,70 @@ class UserWindows:
         >>> s.total("spend", 1, 1e9), s.total("spend", 7, 1e9 + 8 * 86_400)
         (9.99, 0.0)
         """
-        at = self._at(now)
-        sums = at.sums.get(days)
-        if sums is None:
-            sums = at.sums[days] = self._sums(at.end - days + 1, at.end)
+        end, memo = self._at(now)
         idx = self._idx(dim)
-        return sums[idx] / self.cfg._plan.quanta[idx]
+        return self._raw(memo, idx, end - days + 1, end) / self.cfg._plan.quanta[idx]
+
+    def trailing(
+        self, dims: Sequence[str], days: Sequence[int], now: float
+    ) -> list[tuple[list[float], float | None, float | None]]:
+        """Per dimension: its :meth:`total` over each of ``days``, :meth:`last_seen_in` and
+        :meth:`drop_ratio`, all at ``now`` in one call (what the features read).
+
+        >>> cfg = WindowConfig.purchase_log()
+        >>> s, _ = apply_event(None, AppEvent("a", "u", "purchase", 0.0, {"amount": 5}), cfg)
+        >>> s.trailing(["spend"], [1, 7], 86_400.0)
+        [([0.0, 5.0], 0.0, None)]
+        """
+        end, memo = self._at(now)
+        bounds = self._baseline_bounds(end)
+        spans = [(end - n + 1, end) for n in days]
+        spans.append((end - 6, end))
+        if bounds is not None:
+            spans.append(bounds)
+        quanta, dim_last = self.cfg._plan.quanta, self.dim_last
+        out = []
+        for dim in dims:
+            idx = self._idx(dim)
+            q = quanta[idx]
+            sums = self._spans(idx, spans)
+            for span, total in zip(spans[len(days) :], sums[len(days) :], strict=True):
+                memo[(idx, *span)] = total
+            drop = None
+            if bounds is not None:
+                lo, hi = bounds
+                base = sums[-1] / q * 7 / (hi - lo + 1)
+                if base > 0:
+                    drop = 1 - sums[len(days)] / q / base
+            ms = dim_last[idx]
+            out.append(([t / q for t in sums[: len(days)]], None if ms is None else ms / 1000, drop))
+        return out
+
+    def _spans(self, idx: int, spans: list[tuple[int, int]]) -> list[float]:
+        """Raw totals of dimension ``idx`` over each ``(lo, hi)`` day span (see :meth:`_raw`)."""
+        daily = self.daily
+        if self.weekly:
+            return [self._weekly_add(self._daily_sum(idx, lo, hi), idx, lo, hi) for lo, hi in spans]
+        if len(daily) == 1:
+            d, values = daily[0]
+            v = 0.0 + values[idx]
+            return [v if lo <= d <= hi else 0.0 for lo, hi in spans]
+        return [self._daily_sum(idx, lo, hi) for lo, hi in spans]
+
+    def _daily_sum(self, idx: int, lo: int, hi: int) -> float:
+        total = 0.0
+        for d, values in self.daily:
+            if lo <= d <= hi:
+                total += values[idx]
+        return total
 
     def days_active(self, days: int, now: float) -> int:
         """Distinct local days with any event in the trailing ``days`` days (exact)."""
-        at = self._at(now)
-        found = at.active.get(days)
+        end, memo = self._at(now)
+        found = memo.get(days)
         if found is None:
-            found = at.active[days] = self._days_active(at.end - days + 1, at.end)
-        return found
+            found = memo[days] = self._days_active(end - days + 1, end)
+        return int(found)
 
     def baseline(self, dim: str, now: float) -> float:
         """Usual amount of ``dim`` per 7 days over ``cfg.baseline_weeks`` before now.
@@ -384,15 +433,20 @@ class UserWindows:
         >>> s.baseline("logins", 9 * 86_400.0)  # 1 login over its 3 baseline days
         2.3333333333333335
         """
-        at = self._at(now)
-        base = at.base
-        if base is None:
-            base = at.base = self._baseline_sums(at.end)
-        lo, hi, sums = base
-        if hi < lo:
+        end, memo = self._at(now)
+        bounds = self._baseline_bounds(end)
+        if bounds is None:
             return 0.0
+        lo, hi = bounds
         idx = self._idx(dim)
-        return sums[idx] / self.cfg._plan.quanta[idx] * 7 / (hi - lo + 1)
+        return self._raw(memo, idx, lo, hi) / self.cfg._plan.quanta[idx] * 7 / (hi - lo + 1)
+
+    def _baseline_bounds(self, end: int) -> tuple[int, int] | None:
+        """Local days ``(lo, hi)`` of the baseline window at day ``end``; None if empty."""
+        first, last = self.cfg.baseline_weeks
+        hi = end - 7 * (first - 1)
+        lo = max(end - 7 * last + 1, local_day(self.first_ms / 1000, self.offset_s))
+        return None if hi < lo else (lo, hi)
 
     def drop_ratio(self, dim: str, now: float) -> float | None:
         """``1 - recent7 / baseline``: 1 means stopped, 0 usual, negative more than usual."""
@@ -432,17 +486,19 @@ class UserWindows:
         except KeyError:
             raise KeyError(f"unknown dimension {dim!r}") from None
 
-    def _at(self, now: float) -> _Instant:
-        """The memo of aggregates at ``now`` (one per state and instant, last one kept).
+    def _at(self, now: float) -> tuple[int, _Memo]:
+        """``now``'s local day and the memo of sums at ``now`` (the last state's is kept).
 
         The engine reads the same state at the same instant from features, rules and tiers;
         the state is immutable, so whatever was computed for one of them holds for all.
         """
-        at = _LAST[0]
-        if at.state is self and at.now == now:
-            return at
-        at = _LAST[0] = _Instant(self, now, local_day(now, self.offset_s))
-        return at
+        state, at, end, memo = _LAST[0]
+        if state is self and at == now:
+            return end, memo
+        end = math.floor((now + self.offset_s) / _DAY_S)
+        memo = {}
+        _LAST[0] = (self, now, end, memo)
+        return end, memo
 
     def _days_active(self, lo: int, end: int) -> int:
         count = 0
@@ -453,46 +509,33 @@ class UserWindows:
             count += (bits & _mask(week, lo, end)).bit_count()
         return count
 
-    def _baseline_sums(self, end: int) -> tuple[int, int, list[float]]:
-        """Bounds of the baseline window at local day ``end`` and its sums (empty if none)."""
-        first, last = self.cfg.baseline_weeks
-        hi = end - 7 * (first - 1)
-        lo = max(end - 7 * last + 1, local_day(self.first_ms / 1000, self.offset_s))
-        return lo, hi, (self._sums(lo, hi) if lo <= hi else [])
+    def _raw(self, memo: _Memo, idx: int, lo: int, hi: int) -> float:
+        """Total of dimension ``idx`` over local days ``lo..hi`` in its storage quantum,
+        memoized; accumulated in bucket order like any float sum here."""
+        key = (idx, lo, hi)
+        found = memo.get(key)
+        if found is not None:
+            return found
+        total = self._daily_sum(idx, lo, hi)
+        if self.weekly:
+            total = self._weekly_add(total, idx, lo, hi)
+        memo[key] = total
+        return total
 
-    def _sums(self, lo: int, hi: int) -> list[float]:
-        """Raw totals of every dimension over local days ``lo..hi``, in storage quanta.
-
-        Each dimension is accumulated as a float in bucket order, days then weeks, exactly
-        as a single-dimension sum would be, so every total is the same to the last bit.
-        """
-        acc = [0.0] * len(self.cfg._plan.names)
-        for d, values in self.daily:
-            if lo <= d <= hi:
-                acc = list(map(operator.add, acc, values))
+    def _weekly_add(self, total: float, idx: int, lo: int, hi: int) -> float:
+        """``total`` plus the week buckets' share of ``lo..hi``, added in bucket order."""
         for week, bits, values in self.weekly:
             inside = bits & _mask(week, lo, hi)
             if inside == bits:
-                acc = list(map(operator.add, acc, values))
+                total += values[idx]
             elif inside:
-                part, whole = inside.bit_count(), bits.bit_count()
-                acc = [a + v * part / whole for a, v in zip(acc, values, strict=True)]
-        return acc
+                total += values[idx] * inside.bit_count() / bits.bit_count()
+        return total
 
 
-class _Instant:
-    """Aggregates of one :class:`UserWindows` at one instant, filled in as they are asked."""
-
-    __slots__ = ("active", "base", "end", "now", "state", "sums")
-
-    def __init__(self, state: UserWindows | None, now: float, end: int) -> None:
-        self.state, self.now, self.end = state, now, end
-        self.sums: dict[int, list[float]] = {}
-        self.active: dict[int, int] = {}
-        self.base: tuple[int, int, list[float]] | None = None
-
-
-_LAST: list[_Instant] = [_Instant(None, math.nan, 0)]
+# Sums memoized per state and instant: (idx, lo, hi) -> raw total, days -> active days.
+_Memo = dict[tuple[int, int, int] | int, float]
+_LAST: list[tuple[UserWindows | None, float, int, _Memo]] = [(None, math.nan, 0, {})]
 
 
 def _mask(week: int, lo: int, hi: int) -> int:

@@ -44,6 +44,7 @@ otherwise, ``message_sent`` events from 10:30 on (an interaction).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -212,9 +213,11 @@ def test_drift_silence_and_return_reach_the_subscriber(worker: Any, kafka_bootst
         )
         for r in recoveries
     )
+    dropper_episode_s = timedelta(days=28, minutes=30).total_seconds()
+    phoenix_episode_s = timedelta(days=74).total_seconds()
     assert back == [
-        ("dropper", at(65, 10, 30), 1, 1, at(37, 10), timedelta(days=28, minutes=30).total_seconds()),
-        ("phoenix", at(100, 10, 30), 2, 1, at(26, 10, 30), timedelta(days=74).total_seconds()),
+        ("dropper", at(65, 10, 30), 1, 1, at(37, 10), dropper_episode_s),
+        ("phoenix", at(100, 10, 30), 2, 1, at(26, 10, 30), phoenix_episode_s),
     ]
     assert not [w for w in warnings if w["user_id"] in ("steady", "clock")]
 
@@ -232,7 +235,7 @@ def test_drift_silence_and_return_reach_the_subscriber(worker: Any, kafka_bootst
     assert set(lifecycle) == {"steady", "dropper", "ghost", "lurker", "phoenix", "clock"}
     for user, changes in lifecycle.items():
         assert changes[0][:2] == (None, "new"), (user, changes)
-        for (_, before, t1), (after_from, _, t2) in zip(changes, changes[1:], strict=False):
+        for (_, before, t1), (after_from, _, t2) in itertools.pairwise(changes):
             assert after_from == before and t1 <= t2, (user, changes)
     ghost = lifecycle["ghost"]
     assert ghost[0][2] == at(0, 10)

@@ -46,9 +46,7 @@ def test_simulate_replay_evaluate(worker: Any, kafka_bootstrap: str, tmp_path: P
     sim = run_simulate(events_path, truth_path, users=USERS, days=DAYS, seed=SEED)
     assert sim["users"] == USERS and 0 < sim["churned"] < USERS
 
-    summary = run_replay(
-        events_path, env["CHURN_TOPIC_EVENTS"], kafka_bootstrap, out=io.StringIO()
-    )
+    summary = run_replay(events_path, env["CHURN_TOPIC_EVENTS"], kafka_bootstrap, out=io.StringIO())
     assert summary.sent == sim["events"] and summary.bad_rows == 0
     wait_drained(
         settings_of(env), env["CHURN_TOPIC_EVENTS"], summary.sent, timeout=60, out=io.StringIO()
@@ -84,7 +82,6 @@ def test_simulate_replay_evaluate(worker: Any, kafka_bootstrap: str, tmp_path: P
     assert roc[0] == (0.0, 0.0) and roc[-1] == (1.0, 1.0)
     assert all(is_fraction(x) and is_fraction(y) for x, y in roc)
 
-    print(orjson.dumps({k: v for k, v in result.items() if k != "roc"}).decode())
     levels = result["levels"]
     assert set(levels) == {"1", "2", "3"}
     flagged = [levels[k]["flagged"] for k in ("1", "2", "3")]

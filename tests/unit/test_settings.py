@@ -76,3 +76,8 @@ def test_readme_settings_table_is_generated_from_the_code() -> None:
 def test_secrets_do_not_show_in_repr() -> None:
     s = Settings(redis_password="hunter2", kafka_sasl_password="s3cret")  # type: ignore[arg-type]
     assert "hunter2" not in repr(s) and "s3cret" not in repr(s)
+
+
+def test_readme_shows_the_subscriber_example_that_the_tests_run() -> None:
+    example = (ROOT / "examples" / "subscriber.py").read_text().rstrip("\n")
+    assert example in (ROOT / "README.md").read_text()
