@@ -9,6 +9,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY stream_app ./stream_app
+COPY schemas ./schemas
 RUN pip install .
 
 

@@ -38,12 +38,12 @@ from stream_app.core import Core, build_core
 from stream_app.engine import PartitionEngine
 from stream_app.model.labels import LabelBook
 from stream_app.model.learner import ChurnScorer
-from stream_app.windows import WindowsBuilder
 from stream_app.processor import partition_of
 from stream_app.records import AppEvent, decode_event
 from stream_app.settings import load_settings
 from stream_app.tools.replay import encode
 from stream_app.tools.sources import load_events
+from stream_app.windows import WindowsBuilder
 
 ROOT = Path(__file__).resolve().parent.parent
 CUTOFF = 875_664_000.0  # 1997-10-01T00:00:00Z

@@ -299,6 +299,7 @@ def _stable_id(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=1024)
 def _rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
@@ -312,8 +313,14 @@ def is_holdout(user_id: str, share: float, salt: str = "") -> bool:
     >>> is_holdout("u1", 0.0), is_holdout("u1", 1.0)
     (False, True)
     """
+    return _holdout_draw(user_id, salt) < share
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _holdout_draw(user_id: str, salt: str) -> float:
+    """The user's stable uniform draw in [0, 1) (cached: the engine asks on every signal)."""
     digest = hashlib.sha256(f"{salt}\x1f{user_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64 < share
+    return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 @functools.cache

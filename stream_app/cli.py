@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from stream_app.settings import SettingsError, load_settings
+from stream_app.settings import Settings, SettingsError, load_settings
 from stream_app.stack import StackError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -123,22 +123,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_settings_doc)
 
     defaults = _tool_defaults()
+    client_settings = _client_settings()
     for name, module, help_text in _TOOLS:
         add_arguments, run = _tool(module)
         p = sub.add_parser(name, help=help_text)
         add_arguments(p)
         dests = {a.dest for a in p._actions}
         p.set_defaults(
-            handler=run, **{k: v for k, v in defaults.get(name, {}).items() if k in dests}
+            handler=run,
+            client_settings=client_settings,
+            **{k: v for k, v in defaults.get(name, {}).items() if k in dests},
         )
     return parser
 
 
+def _client_settings() -> Settings | None:
+    """The settings every tool's Kafka and Redis clients take TLS, SASL and passwords from.
+
+    Tools still accept ``--bootstrap`` and topic options, but credentials never come from
+    the command line (where ``ps`` and shell history would show them), only from the
+    ``CHURN_*`` environment. ``None`` when the settings do not load: plaintext clients.
+    """
+    try:
+        return load_settings()
+    except SettingsError:
+        return None
+
+
 def _tool_defaults() -> dict[str, dict[str, str]]:
     """Tool options that default to the service's settings (its broker, its topics)."""
-    try:
-        s = load_settings()
-    except SettingsError:
+    s = _client_settings()
+    if s is None:
         return {}
     return {
         "replay": {"bootstrap": s.kafka_bootstrap, "topic": s.topic_events},
@@ -165,6 +180,8 @@ _TOOLS: Sequence[tuple[str, str, str]] = (
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``stream-app`` console script."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         code = args.handler(args)

@@ -37,6 +37,30 @@ def kafka_python_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+def aiokafka_config(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for aiokafka's producer and consumer, the same as
+    :func:`kafka_python_config` in aiokafka's terms (it takes a TLS context, not a CA file)."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl_plain_username"] = settings.kafka_sasl_username
+        config["sasl_plain_password"] = password.get_secret_value() if password else None
+    context = ssl_context(settings)
+    if context is not None:
+        config["ssl_context"] = context
+    return config
+
+
+def security_only(config: dict[str, Any]) -> dict[str, Any]:
+    """A client configuration without its servers, for a tool given ``--bootstrap``: the
+    address may come from the command line, the credentials always come from the settings."""
+    return {k: v for k, v in config.items() if k != "bootstrap_servers"}
+
+
 def faust_credentials(settings: Settings) -> Any:
     """Faust's ``broker_credentials`` for the configured protocol (None for plaintext)."""
     import faust

@@ -15,6 +15,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from stream_app import records as rec
 from stream_app import userrecord
 from stream_app.core import Core
@@ -36,6 +40,16 @@ ID_FIELDS = {"warning": "warning_id", "recovered": "recovery_id", "tier": "chang
 ROLES = {"warning": "warnings", "recovered": "warnings", "tier": "tiers"}
 
 Send = Callable[[OutRecord], Awaitable[Awaitable[Any]]]
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    OSError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    KafkaConnectionError,
+    KafkaTimeoutError,
+)
 
 
 class Message(Protocol):
@@ -93,14 +107,76 @@ class Processor:
         self.metrics.forget_partition(topic, partition)
 
     async def handle(self, messages: Sequence[Message]) -> None:
-        """Process a batch of messages, possibly from several partitions."""
+        """Process a batch of messages, possibly from several partitions; never give up.
+
+        A dependency fault (Redis or Kafka unreachable) is retried with backoff until it
+        passes, the worker reporting unhealthy meanwhile. Any other failure is narrowed to
+        the event that causes it, which goes to the dead-letter topic. Either way the
+        partition restarts from its last committed state, so nothing is applied twice.
+        """
         by_partition: dict[tuple[str, int], list[Message]] = {}
         for m in messages:
             by_partition.setdefault((m.topic, m.partition), []).append(m)
         for (topic, partition), msgs in sorted(by_partition.items()):
-            owned = await self.engine(topic, partition)
-            async with owned.lock:
+            await self._with_retries(topic, partition, msgs)
+
+    async def _with_retries(self, topic: str, partition: int, msgs: Sequence[Message]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._locked_batch(topic, partition, msgs)
+                return
+            except TRANSIENT as exc:
+                self.healthy = False
+                log.warning("partition %d: %s; retrying in %.1f s", partition, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:
+                log.exception("partition %d: batch failed; isolating the bad event", partition)
+                await self._one_by_one(topic, partition, msgs)
+                return
+
+    async def _locked_batch(self, topic: str, partition: int, msgs: Sequence[Message]) -> None:
+        owned = await self.engine(topic, partition)
+        async with owned.lock:
+            try:
                 await self._partition_batch(topic, partition, owned, msgs)
+            except BaseException:
+                self.owned.pop((topic, partition), None)
+                raise
+
+    async def _one_by_one(self, topic: str, partition: int, msgs: Sequence[Message]) -> None:
+        for m in msgs:
+            try:
+                await self._with_transient_retries(topic, partition, [m])
+            except Exception as exc:
+                log.exception("partition %d offset %d: event sent to the DLQ", partition, m.offset)
+                await self._dead_letter(topic, partition, m, exc)
+
+    async def _with_transient_retries(
+        self, topic: str, partition: int, msgs: Sequence[Message]
+    ) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._locked_batch(topic, partition, msgs)
+                return
+            except TRANSIENT:
+                self.healthy = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _dead_letter(self, topic: str, partition: int, m: Message, exc: Exception) -> None:
+        """Publish an event the engine cannot process, and step the offset past it."""
+        err = rec.InvalidEvent("processing_error", f"{type(exc).__name__}: {exc}"[:400])
+        self.metrics.events_invalid.labels(reason=err.reason).inc()
+        await self._publish([self._dlq(m, err)])
+        owned = await self.engine(topic, partition)
+        async with owned.lock:
+            engine = owned.engine
+            result = engine.process((), {})
+            await self._commit(topic, partition, m.offset, engine, result)
+            owned.offset = m.offset
 
     async def _partition_batch(
         self, topic: str, partition: int, owned: _Owned, msgs: Sequence[Message]

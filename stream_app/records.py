@@ -91,6 +91,7 @@ REASONS: Final = frozenset(
         "bad_timezone",
         "bad_cloudevent",
         "late_event",
+        "processing_error",
     }
 )
 APP_EVENT_TYPES: Final = frozenset({"dev.churnwarnings.app_event.v1"})

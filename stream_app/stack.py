@@ -141,10 +141,25 @@ def start_redis(settings: Settings) -> int:
         "no",
     ]
     if settings.redis_password is not None:
-        argv += ["--requirepass", settings.redis_password.get_secret_value()]
+        argv.insert(1, str(_redis_auth_file(settings)))
     pid = _spawn(argv, settings.embedded_run_dir / "redis.log")
     wait_until(lambda: port_open(host, port), f"redis at {host}:{port}")
     return pid
+
+
+def _redis_auth_file(settings: Settings) -> Path:
+    """A config file (owner-only) holding ``requirepass``: on the command line the password
+    would show in ``ps`` and /proc to every local user. Redis takes it as its first argument.
+    """
+    assert settings.redis_password is not None
+    secret = settings.redis_password.get_secret_value()
+    path = settings.embedded_run_dir / "redis-auth.conf"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    escaped = secret.replace("\\", "\\\\").replace('"', '\\"')
+    with os.fdopen(fd, "w") as out:
+        out.write(f'requirepass "{escaped}"\n')
+    return path
 
 
 def redis_listening(settings: Settings) -> bool:

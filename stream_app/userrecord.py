@@ -41,13 +41,17 @@ class UserRecord:
         return UserRecord(self.windows, self.alert, self.tiers, items)
 
 
+_ITEM = struct.Struct("<Bd")
+_SIZE = struct.Struct("<H")
+
+
 def _chunk(data: bytes) -> bytes:
-    return struct.pack("<H", len(data)) + data
+    return _SIZE.pack(len(data)) + data
 
 
 def encode(record: UserRecord) -> bytes:
     """Deterministic bytes: version, then length-prefixed windows, alert, tiers, history."""
-    hist = b"".join(struct.pack("<Bd", h.level, h.at) for h in record.history)
+    hist = b"".join(_ITEM.pack(h.level, h.at) for h in record.history)
     return bytes([_VERSION]) + b"".join(
         _chunk(part)
         for part in (
@@ -66,12 +70,10 @@ def decode(data: bytes, cfg: windows.WindowConfig | None = None) -> UserRecord:
     parts: list[bytes] = []
     pos = 1
     for _ in range(4):
-        (size,) = struct.unpack_from("<H", data, pos)
+        (size,) = _SIZE.unpack_from(data, pos)
         parts.append(data[pos + 2 : pos + 2 + size])
         pos += 2 + size
-    hist = tuple(
-        HistoryItem(*struct.unpack_from("<Bd", parts[3], i)) for i in range(0, len(parts[3]), 9)
-    )
+    hist = tuple(HistoryItem(level, at) for level, at in _ITEM.iter_unpack(parts[3]))
     return UserRecord(
         windows.decode(parts[0], cfg),
         WarningState.from_bytes(parts[1]),

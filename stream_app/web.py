@@ -18,9 +18,9 @@ def authorised(request: Request, settings: Settings) -> bool:
     """True when no token is configured, or the request carries it as a bearer token."""
     if settings.inspect_token is None:
         return True
-    given = request.headers.get("Authorization", "")
-    expected = f"Bearer {settings.inspect_token.get_secret_value()}"
-    return hmac.compare_digest(given.encode(), expected.encode())
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    expected = settings.inspect_token.get_secret_value()
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), expected.encode())
 
 
 def register(

@@ -393,7 +393,9 @@ class UserWindows:
                 if base > 0:
                     drop = 1 - sums[len(days)] / q / base
             ms = dim_last[idx]
-            out.append(([t / q for t in sums[: len(days)]], None if ms is None else ms / 1000, drop))
+            out.append(
+                ([t / q for t in sums[: len(days)]], None if ms is None else ms / 1000, drop)
+            )
         return out
 
     def _spans(self, idx: int, spans: list[tuple[int, int]]) -> list[float]:
@@ -798,14 +800,23 @@ def _unzz(v: int) -> int:
 
 def _put_values(out: list[int], values: Sequence[int]) -> None:
     present = [v for v in values if v]
-    mask = sum(_BITS[i] for i, v in enumerate(values) if v)
-    if min(present, default=0) < 0:
+    if not present:
+        out.append(0)
+        return
+    mask = _mask_of(tuple(map(bool, values)))
+    if min(present) < 0:
         neg = sum(_BITS[i] for i, v in enumerate(values) if v < 0)
         out += (mask << 1 | 1, neg)
         out += [abs(v) for v in present]
     else:
         out.append(mask << 1)
         out += present
+
+
+@functools.lru_cache(maxsize=4096)
+def _mask_of(nonzero: tuple[bool, ...]) -> int:
+    """Bit ``i`` set for each true ``nonzero[i]``."""
+    return sum(_BITS[i] for i, flag in enumerate(nonzero) if flag)
 
 
 def encode(state: UserWindows) -> bytes:
@@ -883,36 +894,38 @@ def _read_varints(data: bytes) -> list[int]:
     return out
 
 
-class _Reader:
-    __slots__ = ("pos", "vals")
+def _values(vals: list[int], p: int, n: int) -> tuple[tuple[int, ...], int]:
+    """The ``n`` bucket values written by :func:`_put_values` at ``vals[p]``, and the position
+    after them."""
+    head = vals[p]
+    idxs = _present(head >> 1)
+    out = [0] * n
+    if head & 1:
+        neg, p = vals[p + 1], p + 2
+        for i, v in zip(idxs, vals[p : p + len(idxs)], strict=True):
+            out[i] = -v if neg >> i & 1 else v
+    else:
+        p += 1
+        for i, v in zip(idxs, vals[p : p + len(idxs)], strict=True):
+            out[i] = v
+    return tuple(out), p + len(idxs)
 
-    def __init__(self, vals: list[int]) -> None:
-        self.vals, self.pos = vals, 0
 
-    def take(self, n: int = 1) -> list[int]:
-        p = self.pos
-        self.pos = p + n
-        return self.vals[p : p + n]
-
-    def one(self) -> int:
-        self.pos += 1
-        return self.vals[self.pos - 1]
-
-    def values(self, n: int) -> tuple[int, ...]:
-        vals, p = self.vals, self.pos
-        head = vals[p]
-        idxs = _present(head >> 1)
-        out = [0] * n
-        if head & 1:
-            neg, p = vals[p + 1], p + 2
-            for i, v in zip(idxs, vals[p : p + len(idxs)], strict=True):
-                out[i] = -v if neg >> i & 1 else v
-        else:
-            p += 1
-            for i, v in zip(idxs, vals[p : p + len(idxs)], strict=True):
-                out[i] = v
-        self.pos = p + len(idxs)
-        return tuple(out)
+def _head(data: bytes) -> tuple[int, int]:
+    """The first two varints after the version byte: fingerprint and number of ids."""
+    out: list[int] = []
+    v = shift = 0
+    for b in data[1:21]:
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            out.append(v)
+            if len(out) == 2:
+                break
+            v = shift = 0
+    if len(out) < 2:
+        raise ValueError("truncated window blob")
+    return out[0], out[1]
 
 
 @functools.cache
@@ -929,37 +942,35 @@ def decode(data: bytes, cfg: WindowConfig | None = None) -> UserWindows:
     plan = cfg._plan
     if not data or data[0] != VERSION:
         raise ValueError("unknown window blob version")
-    head = _read_varints(data[1:8])
-    if head[0] != plan.fingerprint:
+    fingerprint, n_ids = _head(data)
+    if fingerprint != plan.fingerprint:
         raise ValueError("window blob was built with a different dimension set")
-    tail = len(data) - head[1] * _HASH_BYTES
-    r = _Reader(_read_varints(data[1:tail]))
-    _, n_ids, last_ms, span, off, day_gap = r.take(6)
+    tail = len(data) - n_ids * _HASH_BYTES
+    vals = _read_varints(data[1:tail])
+    _, _, last_ms, span, off, day_gap, mask = vals[:7]
     offset_s = _unzz(off)
     max_day = _day_of(last_ms, offset_s) + _unzz(day_gap)
     n = len(plan.names)
-    mask = r.one()
     dim_last: list[int | None] = [last_ms]
-    dim_last += [last_ms - r.one() if mask >> i & 1 else None for i in range(n - 1)]
-    daily, prev = [], max_day + 1
-    for _ in range(r.one()):
-        prev -= r.one() + 1
-        daily.append((prev, r.values(n)))
-    weekly, prev = [], _week(max_day) + 1
-    for _ in range(r.one()):
-        prev -= r.one() + 1
-        bits = r.one()
-        weekly.append((prev, bits, r.values(n)))
+    p = 7
+    for i in range(n - 1):
+        if mask >> i & 1:
+            dim_last.append(last_ms - vals[p])
+            p += 1
+        else:
+            dim_last.append(None)
+    daily, p = _daily(vals, p, max_day, n)
+    weekly, p = _weekly(vals, p, _week(max_day), n)
     recent, sec = [], last_ms // 1000
     for i in range(n_ids):
-        sec -= r.one()
+        sec -= vals[p + i]
         recent.append((sec, data[tail + i * _HASH_BYTES : tail + (i + 1) * _HASH_BYTES]))
+    p += n_ids
     kmv, h = [], 0
-    for _ in range(r.one()):
-        h += r.one()
+    for gap in vals[p + 1 : p + 1 + vals[p]]:
+        h += gap
         kmv.append(h)
-    lifetime = r.values(n)
-    life_days = r.one()
+    lifetime, p = _values(vals, p + 1 + vals[p], n)
     return UserWindows(
         cfg=cfg,
         first_ms=last_ms - span,
@@ -972,8 +983,37 @@ def decode(data: bytes, cfg: WindowConfig | None = None) -> UserWindows:
         recent=tuple(reversed(recent)),
         counterparts=tuple(kmv),
         life_totals=lifetime,
-        life_days=life_days,
+        life_days=vals[p],
     )
+
+
+def _daily(
+    vals: list[int], p: int, max_day: int, n: int
+) -> tuple[list[tuple[int, tuple[int, ...]]], int]:
+    """Daily buckets, newest first, and the position after them."""
+    out = []
+    prev = max_day + 1
+    for _ in range(vals[p]):
+        prev -= vals[p + 1] + 1
+        values, p = _values(vals, p + 2, n)
+        out.append((prev, values))
+        p -= 1
+    return out, p + 1
+
+
+def _weekly(
+    vals: list[int], p: int, max_week: int, n: int
+) -> tuple[list[tuple[int, int, tuple[int, ...]]], int]:
+    """Weekly buckets, newest first, and the position after them."""
+    out = []
+    prev = max_week + 1
+    for _ in range(vals[p]):
+        prev -= vals[p + 1] + 1
+        bits = vals[p + 2]
+        values, p = _values(vals, p + 3, n)
+        out.append((prev, bits, values))
+        p -= 1
+    return out, p + 1
 
 
 _DEFAULT: list[WindowConfig] = []

@@ -245,10 +245,11 @@ class LabelBook:
         >>> twin.mature(30 * DAY) == book.mature(30 * DAY)
         True
         """
-        cfg, seq, pending, dropped, names = pickle.loads(meta)
+        cfg, seq, _, dropped, names = pickle.loads(meta)
         book = cls(cfg)
-        book._seq, book.pending, book.dropped, book._names = seq, pending, dropped, names
+        book._seq, book.dropped, book._names = seq, dropped, names
         snaps = sorted((_unpack(e) for e in entries if e is not None), key=lambda p: p[1].seq)
+        book.pending = len(snaps)
         for user, snap in snaps:
             book._by_user.setdefault(user, deque()).append(snap)
             book._due.append((snap.t + cfg.churn.horizon_s, snap.seq, user))

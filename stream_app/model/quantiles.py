@@ -17,6 +17,7 @@ Examples
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 __all__ = ["RankSketch"]
@@ -60,7 +61,9 @@ class RankSketch:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        # Interned names, as default unpickling sets them: checkpoints share equal strings.
+        for name, value in state.items():
+            setattr(self, sys.intern(name), value)
         self._reindex()
 
     def _bin(self, p: float) -> int:

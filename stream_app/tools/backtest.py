@@ -147,6 +147,7 @@ def backtest(
             fmt=input_format,  # type: ignore[arg-type]
             until=cut,
             out=out,
+            settings=settings,
         )
         session.wait_drained(settings, settings.topic_events, summary.sent, out=out)
         scores = asyncio.run(score_known_users(settings, cut))

@@ -25,12 +25,15 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
 from stream_app.tools.sources import Event, load_events, parse_cutoff, parse_time
 from stream_app.tools.tail import Record, read_topic
+
+if TYPE_CHECKING:
+    from stream_app.settings import Settings
 
 DAY = 86_400.0
 
@@ -545,6 +548,7 @@ def run_evaluate(
     warnings_file: str | Path | None = None,
     tiers_file: str | Path | None = None,
     out: TextIO | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Replay a labelled stream, read what the service published and write the report.
 
@@ -565,6 +569,9 @@ def run_evaluate(
         External ``{user: p}`` scores for AUC (e.g. from the service's backtest).
     warnings_file, tiers_file
         Saved records (``tail --json``) to evaluate offline instead of reading Kafka.
+    settings
+        The service's settings: every Kafka client takes its TLS and SASL options from
+        them (``bootstrap`` still says where to connect). ``None``: plaintext.
     """
     from stream_app.tools.replay import run_replay
     from stream_app.tools.report import write_report
@@ -574,18 +581,24 @@ def run_evaluate(
     events = load_events(events_path).events if events_path else []
     truth = _labels(truth_path, events, cut, horizon_days * DAY)
     if replay and events_path and not warnings_file:
-        summary = run_replay(events_path, events_topic, bootstrap, until=cut, out=stream)
+        summary = run_replay(
+            events_path, events_topic, bootstrap, until=cut, out=stream, settings=settings
+        )
         print(f"replayed {summary.sent:,} events at {summary.rate:,.0f}/s", file=stream)
     warning_records = (
         load_records(warnings_file)
         if warnings_file
         else list(
             read_topic(
-                bootstrap, warnings_topic, idle_timeout_s=idle_timeout_s, max_messages=max_messages
+                bootstrap,
+                warnings_topic,
+                idle_timeout_s=idle_timeout_s,
+                max_messages=max_messages,
+                settings=settings,
             )
         )
     )
-    tier_records = _tier_records(bootstrap, tiers_topic, tiers_file, warnings_file)
+    tier_records = _tier_records(bootstrap, tiers_topic, tiers_file, warnings_file, settings)
     result = evaluate(
         warning_records,
         truth,
@@ -610,14 +623,20 @@ def _labels(
 
 
 def _tier_records(
-    bootstrap: str, topic: str, tiers_file: str | Path | None, offline: str | Path | None
+    bootstrap: str,
+    topic: str,
+    tiers_file: str | Path | None,
+    offline: str | Path | None,
+    settings: Settings | None = None,
 ) -> list[Record]:
     if tiers_file:
         return load_records(tiers_file)
     if offline:
         return []
     try:
-        return list(read_topic(bootstrap, topic, idle_timeout_s=2.0, stop_at_end=True))
+        return list(
+            read_topic(bootstrap, topic, idle_timeout_s=2.0, stop_at_end=True, settings=settings)
+        )
     except LookupError:
         return []
 
@@ -667,6 +686,7 @@ def run(args: argparse.Namespace) -> int:
         scores_path=args.scores_path,
         warnings_file=args.warnings_file,
         tiers_file=args.tiers_file,
+        settings=getattr(args, "client_settings", None),
     )
     headline = {k: result[k] for k in ("users", "warnings", "auc", "levels", "lead_time_days")}
     print(orjson.dumps(headline).decode())

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
 import orjson
 
@@ -28,6 +29,9 @@ from stream_app.tools.sources import (
     parse_cutoff,
     parse_time,
 )
+
+if TYPE_CHECKING:
+    from stream_app.settings import Settings
 
 Encoding = Literal["json", "cloudevents"]
 Headers = list[tuple[str, bytes]]
@@ -226,9 +230,11 @@ class AioSender:
             )
 
 
-async def open_sender(bootstrap: str, topic: str) -> Sender:
-    """Start the default producer for ``topic``."""
-    sender = AioSender(bootstrap, topic)
+async def open_sender(
+    bootstrap: str, topic: str, config: Mapping[str, Any] | None = None
+) -> Sender:
+    """Start the default producer for ``topic``; ``config`` adds client options (TLS, SASL)."""
+    sender = AioSender(bootstrap, topic, **(config or {}))
     await sender.start()
     return sender
 
@@ -248,6 +254,7 @@ def run_replay(
     out: TextIO | None = None,
     interactive: bool | None = None,
     make_sender: Callable[[str, str], Awaitable[Sender]] = open_sender,
+    settings: Settings | None = None,
 ) -> ReplaySummary:
     """Replay a file of events into ``topic`` and report what happened.
 
@@ -274,8 +281,16 @@ def run_replay(
         Force the live progress bar on or off.
     make_sender
         Producer factory, injected for tests.
+    settings
+        The service's settings: the default producer takes its TLS and SASL options from
+        them (``bootstrap`` still says where to connect). ``None``: plaintext.
     """
     stream = sys.stderr if out is None else out
+    if settings is not None and make_sender is open_sender:
+        from stream_app.kafka_clients import aiokafka_config, security_only
+
+        config = security_only(aiokafka_config(settings))
+        make_sender = functools.partial(open_sender, config=config)
     cutoff = parse_cutoff(str(until)) if until is not None else None
     start = parse_cutoff(str(since)) if since is not None else None
     loaded = load_events(path, fmt, until=cutoff, limit=limit, since=start)
@@ -370,6 +385,7 @@ def run(args: argparse.Namespace) -> int:
             since=args.since,
             encoding=args.encoding,
             strict=args.strict,
+            settings=getattr(args, "client_settings", None),
         )
     except BadRowsError as exc:
         print(f"replay refused: {exc}", file=sys.stderr)

@@ -12,9 +12,12 @@ import sys
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from stream_app.settings import Settings
 
 WARNING_TYPE = "dev.churnwarnings.warning.v1"
 RECOVERED_TYPE = "dev.churnwarnings.recovered.v1"
@@ -122,6 +125,8 @@ def top_reason(warning: Mapping[str, Any]) -> str:
     >>> top_reason({"reasons": [{"feature": "days_idle", "value": 4, "contribution": 0.2},
     ...                         {"feature": "sessions_7d", "value": 1, "contribution": 0.4}]})
     'sessions_7d=1 (+0.40)'
+    >>> top_reason({"reasons": [{"feature": "recency", "value": 2.0794415, "contribution": 2.08}]})
+    'recency=2.08 (+2.08)'
     >>> top_reason({})
     '-'
     """
@@ -133,9 +138,9 @@ def top_reason(warning: Mapping[str, Any]) -> str:
             return f"{rule.get('rule')}: {rule.get('observed')} {rule.get('unit', '')}".strip()
         return "-"
     best = max(reasons, key=lambda r: abs(float(r.get("contribution") or 0.0)))
-    return (
-        f"{best.get('feature')}={best.get('value')} ({float(best.get('contribution') or 0):+.2f})"
-    )
+    value = best.get("value")
+    shown = f"{value:.3g}" if isinstance(value, float) else value
+    return f"{best.get('feature')}={shown} ({float(best.get('contribution') or 0):+.2f})"
 
 
 def _duration(seconds: float) -> str:
@@ -205,6 +210,7 @@ def read_topic(
     stop_at_end: bool = False,
     poll_ms: int = 200,
     consumer_factory: Callable[..., Any] | None = None,
+    settings: Settings | None = None,
 ) -> Iterator[Record]:
     """Read every partition of ``topic`` with manual assignment, as a subscriber would.
 
@@ -225,8 +231,11 @@ def read_topic(
         brokers report end offsets that lag the last batch written.
     consumer_factory
         Builds the kafka-python consumer; injected for tests.
+    settings
+        The service's settings: the consumer takes its TLS and SASL options from them
+        (``bootstrap`` still says where to connect). ``None``: plaintext.
     """
-    consumer = _consumer(bootstrap, topic, from_beginning, consumer_factory)
+    consumer = _consumer(bootstrap, topic, from_beginning, consumer_factory, settings)
     try:
         yield from _poll(consumer, idle_timeout_s, max_messages, stop_at_end, poll_ms)
     finally:
@@ -234,15 +243,22 @@ def read_topic(
 
 
 def _consumer(
-    bootstrap: str, topic: str, from_beginning: bool, factory: Callable[..., Any] | None
+    bootstrap: str,
+    topic: str,
+    from_beginning: bool,
+    factory: Callable[..., Any] | None,
+    settings: Settings | None = None,
 ) -> Any:
     from kafka import (  # type: ignore[import-untyped, unused-ignore]
         KafkaConsumer,
         TopicPartition,
     )
 
+    from stream_app.kafka_clients import kafka_python_config, security_only
+
+    security = security_only(kafka_python_config(settings)) if settings is not None else {}
     consumer = (factory or KafkaConsumer)(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **security
     )
     deadline = time.monotonic() + 10.0
     partitions = consumer.partitions_for_topic(topic)
@@ -299,17 +315,22 @@ def run_tail(
     out: TextIO | None = None,
     color: bool | None = None,
     records: Iterator[Record] | None = None,
+    settings: Settings | None = None,
 ) -> int:
     """Print matching records, one per line; returns how many were printed.
 
     ``--json`` prints the raw value (one JSON object per line, for ``jq``); otherwise a
     readable line, coloured only when writing to a terminal so logs stay clean.
     ``max_messages`` counts printed lines, so ``--level 3 --max 5`` shows five level-3
-    warnings.
+    warnings. ``settings`` supplies the TLS and SASL options (see :func:`read_topic`).
     """
     stream = sys.stdout if out is None else out
     source = records or read_topic(
-        bootstrap, topic, from_beginning=from_beginning, idle_timeout_s=idle_timeout_s
+        bootstrap,
+        topic,
+        from_beginning=from_beginning,
+        idle_timeout_s=idle_timeout_s,
+        settings=settings,
     )
     printer = _printer(stream, color, as_json)
     shown = 0
@@ -359,5 +380,6 @@ def run(args: argparse.Namespace) -> int:
         from_beginning=args.from_beginning,
         max_messages=args.max_messages,
         idle_timeout_s=args.idle_timeout_s,
+        settings=getattr(args, "client_settings", None),
     )
     return 0

@@ -54,8 +54,9 @@ def user_records(settings: Settings) -> dict[bytes, bytes]:
 def warning_ids(settings: Settings) -> set[str]:
     from stream_app.tools.tail import read_topic
 
-    records = read_topic(settings.kafka_bootstrap, settings.topic_warnings, stop_at_end=True,
-                         idle_timeout_s=3)
+    records = read_topic(
+        settings.kafka_bootstrap, settings.topic_warnings, stop_at_end=True, idle_timeout_s=3
+    )
     return {str(r.value.get("warning_id") or r.value.get("recovery_id")) for r in records}
 
 
@@ -78,7 +79,9 @@ def test_sigkill_mid_replay_gives_the_same_final_state(
             worker = running_worker(group="b", **overrides)
         session.wait_drained(s, s.topic_events, sent, timeout=300)
         results[worker is steady] = (
-            asyncio.run(score_known_users(s, AT)), warning_ids(s), user_records(s)
+            asyncio.run(score_known_users(s, AT)),
+            warning_ids(s),
+            user_records(s),
         )
     (scores_a, ids_a, users_a), (scores_b, ids_b, users_b) = results[True], results[False]
     assert len(scores_a) > 1000

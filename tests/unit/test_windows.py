@@ -156,6 +156,27 @@ def test_totals_match_brute_force_within_granularity(
     assert state.days_active(days, now) == len({d for d in active if end - days < d <= end})
 
 
+@settings(max_examples=150, deadline=None)
+@given(events(max_days=100), st.lists(st.floats(-2 * DAY, 60 * DAY), min_size=1, max_size=4))
+def test_batched_and_memoized_reads_equal_fresh_single_reads(
+    evs: list[AppEvent], laters: list[float]
+) -> None:
+    """``trailing`` and the per-instant memo give bit-identical values to a fresh state."""
+    state, _ = run(sorted(evs, key=lambda e: e.occurred_at))
+    dims = ["activity", "spend", "online_minutes", "interactions"]
+    for later in laters:
+        now = state.last_seen + later
+        rows = state.trailing(dims, (1, 7, 28, 91), now)
+        for dim, (totals, seen, drop) in zip(dims, rows, strict=True):
+            fresh = decode(encode(state), CFG)  # no memo shared with ``state``
+            assert totals == [fresh.total(dim, n, now) for n in (1, 7, 28, 91)]
+            assert seen == fresh.last_seen_in(dim)
+            fresh = decode(encode(state), CFG)
+            assert drop == fresh.drop_ratio(dim, now)
+            assert state.baseline(dim, now) == decode(encode(state), CFG).baseline(dim, now)
+        assert state.days_active(28, now) == decode(encode(state), CFG).days_active(28, now)
+
+
 def test_local_day_boundaries_follow_the_user_zone() -> None:
     midnight = 20_000 * DAY
     before = AppEvent("a", "u", "login", midnight - 1800, {}, {}, 3600)
