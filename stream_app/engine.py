@@ -62,6 +62,16 @@ class _Partition:
     scorer: ChurnScorer
     labels: LabelBook
     rfm: tiers.RfmSketches
+    populations: dict[str, int] = field(default_factory=dict)
+
+    def move(self, dimension: str, old: str | None, new: str | None) -> None:
+        """Count a user leaving tier ``old`` and entering ``new`` of ``dimension``."""
+        if old is not None:
+            key = f"{dimension}:{old}"
+            self.populations[key] = self.populations.get(key, 0) - 1
+        if new is not None:
+            key = f"{dimension}:{new}"
+            self.populations[key] = self.populations.get(key, 0) + 1
 
 
 class PartitionEngine:
@@ -117,7 +127,13 @@ class PartitionEngine:
         :meth:`label_changes`.
         """
         st = self.state
-        parts = (st.watermark, st.scorer.to_bytes(), st.labels.meta_bytes(), st.rfm.to_bytes())
+        parts = (
+            st.watermark,
+            st.scorer.to_bytes(),
+            st.labels.meta_bytes(),
+            st.rfm.to_bytes(),
+            sorted(st.populations.items()),
+        )
         return zlib.compress(pickle.dumps(parts, protocol=5), 1)
 
     def label_changes(self) -> dict[str, bytes | None]:
@@ -157,6 +173,8 @@ class PartitionEngine:
         if record is None:
             return
         if expired(record.windows, at, self.core.windows):
+            self.state.move("lifecycle", record.tiers.lifecycle, None)
+            self.state.move("value", record.tiers.value_segment, None)
             records[user] = out.users[user] = None
             self._set_due(user, None, out)
             return
@@ -246,7 +264,9 @@ class PartitionEngine:
         state, changes = tiers.step_tiers(
             prev, stage, segment, rfm, at, user, rfm_bins=bins, bucket_s=core.tiers.change_bucket_s
         )
-        out.outputs.extend(Output("tier", user, change) for change in changes)
+        for change in changes:
+            st.move(str(change["dimension"]), change["from"], change["to"])
+            out.outputs.append(Output("tier", user, change))
         return replace(record, tiers=state)
 
     def _next_deadline(self, record: UserRecord, now: float) -> float | None:
@@ -277,6 +297,10 @@ class PartitionEngine:
         self._heap = [(t, u) for u, t in self._due.items()]
         heapq.heapify(self._heap)
 
+    def populations(self) -> dict[str, int]:
+        """Users per ``dimension:tier`` in this partition (persisted with the partition)."""
+        return {k: v for k, v in self.state.populations.items() if v}
+
     def due_count(self) -> int:
         """Users with a pending deadline."""
         return len(self._due)
@@ -287,12 +311,13 @@ def _load_partition(core: Core, blob: bytes | None, label_entries: Iterable[byte
         return _Partition(
             float("-inf"), core.new_scorer(), core.new_labels(), tiers.RfmSketches.empty(core.tiers)
         )
-    watermark, scorer, labels, rfm = pickle.loads(zlib.decompress(blob))
+    watermark, scorer, labels, rfm, populations = pickle.loads(zlib.decompress(blob))
     return _Partition(
         watermark,
         ChurnScorer.from_bytes(scorer),
         LabelBook.restore(labels, label_entries),
         tiers.RfmSketches.from_bytes(rfm),
+        dict(populations),
     )
 
 

@@ -84,6 +84,7 @@ class Processor:
         self.owned: dict[tuple[str, int], _Owned] = {}
         self.healthy = True
         self._ttl_s = int(settings.retention_days * 86400)
+        self._population_keys: set[str] = set()
 
     async def engine(self, topic: str, partition: int) -> _Owned:
         """The engine of a partition, loaded from its last committed state on first use."""
@@ -105,6 +106,7 @@ class Processor:
         self.owned.pop((topic, partition), None)
         self.metrics.partitions_owned.set(len(self.owned))
         self.metrics.forget_partition(topic, partition)
+        self._observe_populations()
 
     async def handle(self, messages: Sequence[Message]) -> None:
         """Process a batch of messages, possibly from several partitions; never give up.
@@ -331,6 +333,8 @@ class Processor:
         for p in r.scores:
             m.churn_probability.labels(scorer=scorer.source).observe(p)
         self._observe_model(partition, engine, r)
+        if any(o.role == "tier" for o in r.outputs):
+            self._observe_populations()
 
     def _observe_model(self, partition: int, engine: PartitionEngine, r: BatchResult) -> None:
         m = self.metrics
@@ -392,12 +396,23 @@ class Processor:
             engine = owned.engine
         return describe(user_id, record, engine)
 
+    def _observe_populations(self) -> None:
+        """Tier populations of the partitions this worker owns (Prometheus sums workers)."""
+        totals: dict[str, int] = {}
+        for owned in self.owned.values():
+            for key, n in owned.engine.populations().items():
+                totals[key] = totals.get(key, 0) + n
+        for key in self._population_keys - totals.keys():
+            dim, _, tier = key.partition(":")
+            self.metrics.tier_users.labels(dimension=dim, tier=tier).set(0)
+        for key, n in totals.items():
+            dim, _, tier = key.partition(":")
+            self.metrics.tier_users.labels(dimension=dim, tier=tier).set(n)
+        self._population_keys = set(totals)
+
     def _observe_tier(self, change: dict[str, Any]) -> None:
         m = self.metrics
         dim = str(change["dimension"])
-        if change["from"] is not None:
-            m.tier_users.labels(dimension=dim, tier=str(change["from"])).dec()
-        m.tier_users.labels(dimension=dim, tier=str(change["to"])).inc()
         m.tier_migrations.labels(
             dimension=dim, from_tier=str(change["from"] or "none"), to_tier=str(change["to"])
         ).inc()
