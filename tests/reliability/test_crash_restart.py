@@ -92,7 +92,9 @@ def test_random_sigkills_leave_the_same_state_as_an_uninterrupted_run(
         assert worker.proc.poll() is None, worker.log()[-4000:]
         worker.stop(signal.SIGKILL)
         worker = running_worker(wait=False, **WORKER)
-    assert not kills or processed(s) < sent, "the kills came too late: the input was already processed"
+    assert not kills or processed(s) < sent, (
+        "the kills came too late: the input was already processed"
+    )
 
     wait_processed(s, sent, timeout=900, worker=worker)
     ref_done.result(timeout=900)
