@@ -14,7 +14,7 @@ import heapq
 import pickle
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from stream_app import alerts, tiers
@@ -195,7 +195,7 @@ class PartitionEngine:
             return
         out.applied += 1
         win = builder.freeze()
-        record = replace(record, windows=win) if record else UserRecord(win)
+        record = record.with_windows(win) if record else UserRecord(win)
         self.state.labels.on_activity(user, event.occurred_at)
         self._evaluate(user, record, "activity", event.occurred_at, records, out)
 
@@ -234,7 +234,7 @@ class PartitionEngine:
             holdout=holdout,
             playbook=core.playbook,
         )
-        record = replace(record, alert=state)
+        record = record.with_alert(state)
         for emit in emits:
             level = int(emit.payload.get("level", 0)) if emit.record == "warning" else 0
             record = record.remember(level, at)
@@ -267,14 +267,16 @@ class PartitionEngine:
         for change in changes:
             st.move(str(change["dimension"]), change["from"], change["to"])
             out.outputs.append(Output("tier", user, change))
-        return replace(record, tiers=state)
+        return record.with_tiers(state)
 
     def _next_deadline(self, record: UserRecord, now: float) -> float | None:
         core = self.core
         last = record.windows.last_seen
-        rescore = next(
-            (last + d * DAY_S for d in core.rescore_after_days if last + d * DAY_S > now), None
-        )
+        rescore = None
+        for days in core.rescore_after_days:
+            if last + days * DAY_S > now:
+                rescore = last + days * DAY_S
+                break
         candidates = [
             alerts.next_deadline(record.windows, record.alert, core.alerts),
             tiers.next_lifecycle_deadline(record.windows, now, core.tiers),

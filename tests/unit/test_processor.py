@@ -1,0 +1,97 @@
+"""Batch orchestration without a broker: faults are retried, a poison event is isolated."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from stream_app.core import build_core
+from stream_app.engine import PartitionEngine
+from stream_app.metrics import Metrics
+from stream_app.processor import Processor
+from stream_app.records import OutRecord
+from stream_app.settings import load_settings
+from stream_app.store import MemoryWindowStore
+
+
+@dataclass
+class Msg:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Any = ()
+
+
+def msg(offset: int, user: str, day: int = 1) -> Msg:
+    value = orjson.dumps(
+        {
+            "event_id": f"e{offset}",
+            "user_id": user,
+            "event": "like",
+            "occurred_at": f"2026-01-{day:02d}T10:00:00Z",
+        }
+    )
+    return Msg("app.events", 0, offset, user.encode(), value)
+
+
+def processor(store: Any) -> tuple[Processor, list[OutRecord]]:
+    sent: list[OutRecord] = []
+
+    async def send(record: OutRecord) -> Any:
+        sent.append(record)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    settings = load_settings(partitions=1)
+    metrics = Metrics.create(CollectorRegistry())
+    return Processor(settings, build_core(settings), store, metrics, send), sent
+
+
+def test_a_poison_event_goes_to_the_dlq_and_the_rest_is_processed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = PartitionEngine.process
+
+    def process(self: PartitionEngine, events: Any, records: Any, **kw: Any) -> Any:
+        if any(e.user_id == "poison" for e in events):
+            raise ValueError("engine cannot handle this user")
+        return original(self, events, records, **kw)
+
+    monkeypatch.setattr(PartitionEngine, "process", process)
+    store = MemoryWindowStore()
+    proc, sent = processor(store)
+    asyncio.run(proc.handle([msg(0, "alice"), msg(1, "poison"), msg(2, "bob")]))
+    dlq = [r for r in sent if r.topic_role == "dlq"]
+    assert [dict(r.headers)["dlq_reason"] for r in dlq] == [b"processing_error"]
+    assert dlq[0].value == msg(1, "poison").value
+    users = asyncio.run(store.load_users(["alice", "bob", "poison"]))
+    assert sorted(users) == ["alice", "bob"]
+    assert asyncio.run(store.load_partition("app.events", 0)).offset == 2  # type: ignore[union-attr]
+
+
+def test_a_redis_outage_is_retried_and_nothing_is_applied_twice() -> None:
+    class Flaky(MemoryWindowStore):
+        failures = 2
+
+        async def commit(self, *args: Any, **kwargs: Any) -> bool:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("redis went away")
+            return await super().commit(*args, **kwargs)
+
+    flaky, steady = Flaky(), MemoryWindowStore()
+    batch = [msg(0, "alice"), msg(1, "alice", 2), msg(2, "bob")]
+    for store in (flaky, steady):
+        proc, _ = processor(store)
+        asyncio.run(proc.handle(batch))
+    assert flaky.failures == 0
+    users = ["alice", "bob"]
+    assert asyncio.run(flaky.load_users(users)) == asyncio.run(steady.load_users(users))
