@@ -69,9 +69,15 @@ def _stack(args: argparse.Namespace) -> int:
 
 
 def _settings_doc(args: argparse.Namespace) -> int:
-    from stream_app.settings_doc import settings_table
+    from pathlib import Path
 
-    print(settings_table())
+    from stream_app.settings_doc import settings_table, update_readme
+
+    if args.update:
+        changed = update_readme(Path(args.update), Path(args.example))
+        print(f"{args.update}: {'updated' if changed else 'already up to date'}")
+    else:
+        print(settings_table())
     return 0
 
 
@@ -125,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_forget)
 
     p = sub.add_parser("settings-doc", help="print the settings table of the README")
+    p.add_argument("--update", metavar="README", help="rewrite the README's generated parts")
+    p.add_argument("--example", default="examples/subscriber.py", help="subscriber example")
     p.set_defaults(handler=_settings_doc)
 
     defaults = _tool_defaults()

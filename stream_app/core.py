@@ -30,6 +30,7 @@ class Core:
     labels: LabelConfig
     model: ScorerConfig
     rescore_after_days: tuple[float, ...]
+    evaluate_every_s: float
     alerts: AlertConfig
     tiers: TierConfig
     playbook: Playbook
@@ -78,6 +79,7 @@ def build_core(settings: Settings) -> Core:
         ),
         model=ScorerConfig(),
         rescore_after_days=tuple(settings.rescore_after_days),
+        evaluate_every_s=settings.evaluate_every_s,
         alerts=AlertConfig(
             drop_threshold=settings.drop_threshold,
             no_interaction_days=settings.no_interaction_days,

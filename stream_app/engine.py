@@ -196,8 +196,12 @@ class PartitionEngine:
         out.applied += 1
         win = builder.freeze()
         record = record.with_windows(win) if record else UserRecord(win)
-        self.state.labels.on_activity(user, event.occurred_at)
-        self._evaluate(user, record, "activity", event.occurred_at, records, out)
+        at = event.occurred_at
+        self.state.labels.on_activity(user, at)
+        if record.alert.open or at - record.evaluated_at >= self.core.evaluate_every_s:
+            self._evaluate(user, record, "activity", at, records, out)
+        else:
+            records[user] = out.users[user] = record
 
     def _evaluate(
         self,
@@ -234,7 +238,7 @@ class PartitionEngine:
             holdout=holdout,
             playbook=core.playbook,
         )
-        record = record.with_alert(state)
+        record = record.with_alert(state).evaluated(at)
         for emit in emits:
             level = int(emit.payload.get("level", 0)) if emit.record == "warning" else 0
             record = record.remember(level, at)

@@ -101,6 +101,13 @@ class Settings(BaseSettings):
         description="Silent users are re-scored this many days after their last activity "
         "(comma separated), so the model sees and warns about absence, not only activity.",
     )
+    evaluate_every_s: float = Field(
+        900.0,
+        ge=0,
+        description="A user's events closer than this (event time) to their last scoring only "
+        "update the windows; while a warning is open every event is checked, so recoveries "
+        "stay immediate.",
+    )
     drop_threshold: float = Field(
         0.30, gt=0, lt=1, description="Level 1: recent activity this far below baseline."
     )

@@ -35,22 +35,23 @@ class UserRecord:
     alert: WarningState = field(default_factory=WarningState)
     tiers: TierState = field(default_factory=TierState)
     history: tuple[HistoryItem, ...] = ()
+    evaluated_at: float = float("-inf")
 
     def remember(self, level: int, at: float) -> UserRecord:
         """Add a published record to the bounded history (newest last)."""
         items = (*self.history, HistoryItem(level, at))[-_HISTORY:]
-        return UserRecord(self.windows, self.alert, self.tiers, items)
+        return UserRecord(self.windows, self.alert, self.tiers, items, self.evaluated_at)
 
     # The three below equal ``dataclasses.replace(record, <part>=...)`` at a fraction of its
     # cost, which matters on the per-event path.
 
     def with_windows(self, win: UserWindows) -> UserRecord:
         """This record with other windows."""
-        return UserRecord(win, self.alert, self.tiers, self.history)
+        return UserRecord(win, self.alert, self.tiers, self.history, self.evaluated_at)
 
     def with_alert(self, alert: WarningState) -> UserRecord:
         """This record with another warning state."""
-        return UserRecord(self.windows, alert, self.tiers, self.history)
+        return UserRecord(self.windows, alert, self.tiers, self.history, self.evaluated_at)
 
     def with_tiers(self, tiers: TierState) -> UserRecord:
         """This record with other tiers.
@@ -61,10 +62,15 @@ class UserRecord:
         >>> r == UserRecord(win, tiers=TierState("new")), r.with_alert(r.alert) == r
         (True, True)
         """
-        return UserRecord(self.windows, self.alert, tiers, self.history)
+        return UserRecord(self.windows, self.alert, tiers, self.history, self.evaluated_at)
+
+    def evaluated(self, at: float) -> UserRecord:
+        """This record, marked as scored and checked against the rules at ``at``."""
+        return UserRecord(self.windows, self.alert, self.tiers, self.history, at)
 
 
 _ITEM = struct.Struct("<Bd")
+_TIME = struct.Struct("<d")
 _SIZE = struct.Struct("<H")
 
 
@@ -73,7 +79,8 @@ def _chunk(data: bytes) -> bytes:
 
 
 def encode(record: UserRecord) -> bytes:
-    """Deterministic bytes: version, then length-prefixed windows, alert, tiers, history."""
+    """Deterministic bytes: version, then length-prefixed windows, alert, tiers, history and
+    the time of the last evaluation."""
     hist = b"".join(_ITEM.pack(h.level, h.at) for h in record.history)
     return bytes([_VERSION]) + b"".join(
         _chunk(part)
@@ -82,6 +89,7 @@ def encode(record: UserRecord) -> bytes:
             record.alert.to_bytes(),
             record.tiers.to_bytes(),
             hist,
+            _TIME.pack(record.evaluated_at),
         )
     )
 
@@ -92,7 +100,7 @@ def decode(data: bytes, cfg: windows.WindowConfig | None = None) -> UserRecord:
         raise ValueError("unknown user record encoding")
     parts: list[bytes] = []
     pos = 1
-    for _ in range(4):
+    for _ in range(5):
         (size,) = _SIZE.unpack_from(data, pos)
         parts.append(data[pos + 2 : pos + 2 + size])
         pos += 2 + size
@@ -102,4 +110,5 @@ def decode(data: bytes, cfg: windows.WindowConfig | None = None) -> UserRecord:
         WarningState.from_bytes(parts[1]),
         TierState.from_bytes(parts[2]),
         hist,
+        _TIME.unpack(parts[4])[0],
     )

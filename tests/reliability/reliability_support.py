@@ -146,9 +146,8 @@ def state_diff(state: dict[str, Any], expected: dict[str, Any]) -> list[str]:
             fields = sorted(f for f in {*a, *b} if a.get(f) != b.get(f))
             parts = ""
             if b"blob" in fields and a.get(b"blob") and b.get(b"blob"):
-                names = ("watermark", "scorer", "labels", "rfm")
                 pa, pb = (pickle.loads(zlib.decompress(x[b"blob"])) for x in (a, b))
-                parts = str([n for n, x, y in zip(names, pa, pb, strict=True) if x != y])
+                parts = f"checkpoint parts {[i for i, (x, y) in enumerate(zip(pa, pb)) if x != y]}"
             out.append(f"{key}: fields {fields} {parts}")
         else:
             out.append(f"{key}: value")
