@@ -58,9 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.throughput import (
     Proc,
     bench_stack,
-    check_alive,
     fresh,
-    get_json,
     log,
     machine,
     simulate_events,
@@ -242,9 +240,9 @@ class Run:
             await consumer.stop()
 
     def per_event(self) -> list[float]:
-        """Produce-to-commit seconds of every event after the warm-up."""
+        """Produce-to-commit seconds of every event after the warm-up, in send order."""
         out = []
-        for i, (p, off, t) in self.sent.items():
+        for i, (p, off, t) in sorted(self.sent.items()):
             if i < self.warmup:
                 continue
             offsets, times = self.commits[p]
@@ -304,16 +302,59 @@ async def measure(settings: Settings, events: list[dict[str, Any]], args: Any, p
     return run
 
 
-def wait_owned(proc: Proc, partitions: int, timeout: float = 120.0) -> None:
-    """Wait until the worker reports every partition of its events topic as its own."""
+async def prime(settings: Settings, events: list[dict[str, Any]], timeout: float = 120.0) -> int:
+    """Send a few events until every partition has one; wait until the worker committed all.
+
+    The worker only takes a partition on its first record, so this makes sure the consumer
+    group has settled and every partition is loaded before the measured run starts.
+    """
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1)
+    await producer.start()
+    seen: set[int] = set()
+    try:
+        for i, base in enumerate(events):
+            event = {**base, "event_id": f"prime-{i:06d}", "occurred_at": stamp(time.time())}
+            meta = await (
+                await producer.send(
+                    settings.topic_events,
+                    orjson.dumps(event),
+                    key=str(event["user_id"]).encode(),
+                )
+            )
+            seen.add(meta.partition)
+            if len(seen) >= settings.partitions:
+                break
+    finally:
+        await producer.stop()
+    client = Redis.from_url(settings.redis_url)
+    prefix, topic = settings.key_prefix, settings.topic_events
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        health = get_json(f"{proc.url}/health") or {}
-        if len(health.get("partitions") or ()) >= partitions:
-            return
-        check_alive([proc])
-        time.sleep(0.25)
-    raise TimeoutError(f"worker did not own {partitions} partitions in {timeout:.0f} s")
+    try:
+        while time.monotonic() < deadline:
+            values = [
+                await client.hget(f"{prefix}p:{{{topic}:{p}}}", "offset")
+                for p in range(settings.partitions)
+            ]
+            if all(v is not None for v in values):
+                return i + 1
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+    raise TimeoutError(f"worker did not commit on every partition in {timeout:.0f} s")
+
+
+def scrape(url: str, tries: int = 5) -> str:
+    """The worker's /metrics text ("" when it does not answer; the machine may be busy)."""
+    import urllib.request
+
+    for _ in range(tries):
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=15) as resp:
+            return str(resp.read().decode())
+        time.sleep(1)
+    log(f"no answer from {url}")
+    return ""
 
 
 def main() -> None:
@@ -345,18 +386,19 @@ def main() -> None:
         )
         stack.create_topics(run_settings)
         with worker(run_settings, work / "latency-worker.log") as proc:
-            wait_owned(proc, args.partitions)
-            log(f"worker owns every partition; sending {total} events at {args.rate:g}/s")
+            primed = asyncio.run(prime(run_settings, events))
+            log(f"worker committed {primed} priming events on every partition")
+            log(f"sending {total} events at {args.rate:g}/s")
             run = asyncio.run(measure(run_settings, events, args, proc))
-            metrics_text = ""
-            with contextlib.suppress(OSError):
-                import urllib.request
-
-                with urllib.request.urlopen(f"{proc.url}/metrics", timeout=5) as resp:
-                    metrics_text = resp.read().decode()
+            metrics_text = scrape(f"{proc.url}/metrics")
     behind = sorted(run.behind[run.warmup :])
     to_topic, to_subscriber, level1 = run.matched_warnings()
-    per_event = quantiles(run.per_event())
+    latencies = run.per_event()
+    per_event = quantiles(latencies)
+    tenth = max(1, len(latencies) // 10)
+    by_tenth = [
+        quantiles(latencies[k : k + tenth]).get("p50_ms") for k in range(0, tenth * 10, tenth)
+    ]
     result.update(
         rate=args.rate,
         events_measured=args.events,
@@ -367,6 +409,7 @@ def main() -> None:
         if behind
         else None,
         per_event_produce_to_commit=per_event,
+        per_event_p50_ms_by_tenth_of_run=by_tenth,
         warnings_seen=len(run.warnings),
         warnings_matched_to_an_event=len(to_topic),
         warnings_matched_level1=level1,

@@ -1,7 +1,9 @@
 """Redis memory per user for 90 days of typical social-app activity.
 
-Why: the window state must stay within about 1 KB of Redis memory per user, blob plus key,
-expiry and due-index overhead, measured as ``used_memory`` growth / users.
+Why: a user's state must stay within about 1 KB of Redis memory per user, measured as
+``used_memory`` growth / users: the whole user record (windows, warning state, tiers, warning
+history) with its key and expiry, its due-index entry, and its share of the partitions'
+pending label snapshots (a fixed pool, capped per partition, written at its cap).
 
 Run against a fresh, empty Redis you own (the script flushes nothing, it measures growth)::
 
@@ -30,9 +32,15 @@ from concurrent.futures import ProcessPoolExecutor
 
 from redis.asyncio import Redis
 
+from stream_app import userrecord
+from stream_app.alerts import WarningState
+from stream_app.features import FeatureConfig, features
+from stream_app.model.labels import LabelBook, LabelConfig
 from stream_app.records import AppEvent
 from stream_app.store import RedisWindowStore
-from stream_app.windows import WindowConfig, WindowsBuilder, encode
+from stream_app.tiers import TierState
+from stream_app.userrecord import HistoryItem, UserRecord
+from stream_app.windows import UserWindows, WindowConfig, WindowsBuilder
 
 DAY = 86_400
 START = 1_700_006_400.0
@@ -86,6 +94,38 @@ def _poisson(rng: random.Random, lam: float) -> int:
     return k
 
 
+def _record(state: UserWindows) -> bytes:
+    """The whole user record the worker stores: windows plus a typical warning state (one
+    past episode), tiers, a full warning history and the last evaluation time."""
+    alert = WarningState(
+        level=0,
+        episode=1,
+        started_at=state.first_seen,
+        emitted=frozenset({1}),
+        last_emit_at=state.first_seen,
+    )
+    history = tuple(HistoryItem(level, state.first_seen) for level in (1, 2, 0))
+    record = UserRecord(
+        state,
+        alert,
+        TierState("mature", "loyal", (4, 4, 3), (30, 40, 50)),
+        history,
+        state.last_seen,
+    )
+    return userrecord.encode(record)
+
+
+def _label_pool(client_rows: list[tuple[str, bytes, float]], cap: int) -> list[bytes]:
+    """A partition's pending label snapshots at their cap, with real feature vectors."""
+    book = LabelBook(LabelConfig(max_pending=cap))
+    cfg = FeatureConfig()
+    for n in range(cap):
+        user, blob, _ = client_rows[n % len(client_rows)]
+        state = userrecord.decode(blob).windows
+        book.on_score(f"{user}-{n}", state.last_seen, features(state, state.last_seen, cfg))
+    return [v for v in book.drain_changes().values() if v is not None]
+
+
 def build(
     first: int, count: int, days: int, seed: int, distinct: int
 ) -> tuple[list[tuple[str, bytes, float]], int]:
@@ -102,7 +142,7 @@ def build(
         if builder.last_ms is None:
             builder.apply(AppEvent(f"{user}-0", user, "login", START))
         state = builder.freeze()
-        out.append((f"user{i:07d}", encode(state), state.last_seen + 3 * DAY))
+        out.append((f"user{i:07d}", _record(state), state.last_seen + 3 * DAY))
     return out, events
 
 
@@ -133,16 +173,30 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 done = min(n * args.batch, args.users)
                 rate = events / (time.perf_counter() - started)
                 print(f"{done} users, {events} events, {rate:,.0f} ev/s", file=sys.stderr)
-    after = int((await client.info("memory"))["used_memory"])
+    users_done = int((await client.info("memory"))["used_memory"])
+    pool = _label_pool(next(iter(cache.values())), args.label_cap)
+    for part in range(args.partitions):
+        offsets[part] += 1
+        labels: dict[str, bytes | None] = {f"p{part}-{n}": v for n, v in enumerate(pool)}
+        await store.commit(
+            "app-events", part, offsets[part], {}, None, ttl_s=0, due={}, labels=labels
+        )
+    pool_bytes = 0
+    for part in range(args.partitions):
+        key = f"{args.prefix}labels:{{app-events:{part}}}"
+        pool_bytes += int(await client.memory_usage(key, samples=0) or 0)
     await store.close()
     return {
-        "bytes_per_user": round((after - before) / args.users, 1),
+        "bytes_per_user": round((users_done - before + pool_bytes) / args.users, 1),
+        "user_state_bytes_per_user": round((users_done - before) / args.users, 1),
+        "label_pool_bytes": pool_bytes,
+        "label_cap_per_partition": args.label_cap,
         "users": args.users,
         "avg_blob_bytes": round(blob_bytes / args.users, 1),
         "events_per_user": round(events / distinct, 1),
         "distinct_simulated": distinct,
         "days": args.days,
-        "used_memory_growth": after - before,
+        "used_memory_growth_users": users_done - before,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -171,16 +225,22 @@ async def _commit(
         offsets[part] += len(rows)
         blobs: dict[str, bytes | None] = {u: b for u, b, _ in rows}
         due: dict[str, float | None] = {u: d for u, _, d in rows}
-        await store.commit("app-events", part, offsets[part], blobs, None, ttl_s=180 * DAY, due=due)
+        await store.commit("app-events", part, offsets[part], blobs, None, ttl_s=0, due=due)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--users", type=int, default=100_000)
+    p.add_argument(
+        "--label-cap",
+        type=int,
+        default=5_000,
+        help="pending label snapshots per partition (the worker's default cap)",
+    )
     p.add_argument("--redis-url", default="redis://127.0.0.1:6391/0")
     p.add_argument("--days", type=int, default=90)
     p.add_argument("--batch", type=int, default=1000)
-    p.add_argument("--partitions", type=int, default=12)
+    p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--distinct", type=int, default=0, help="simulate only N users (0 = all)")

@@ -61,7 +61,15 @@ def create_app(settings: Settings) -> faust.App:
         registry,
         known_kinds=frozenset(core.windows.dimensions),
         invalid_reasons=sorted(REASONS),
-        redis_ops=("load_partition", "due_users", "load_labels", "load_users", "commit", "ping"),
+        redis_ops=(
+            "load_partition",
+            "due_users",
+            "load_labels",
+            "load_outbox",
+            "load_users",
+            "commit",
+            "ping",
+        ),
     )
     store = RedisWindowStore(redis_client(settings), settings.key_prefix)
 

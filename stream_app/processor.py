@@ -1,18 +1,23 @@
 """Orchestration of one batch: decode, load, process, publish, commit. No decisions here.
 
-Order matters for at-least-once with idempotent effects: records are published (and their
-delivery awaited) *before* the state that produced them is committed to Redis, and the Kafka
-offset is acknowledged only after that. A crash anywhere replays the batch from the last
-committed state and yields the same records with the same ids.
+Order matters for at-least-once with idempotent effects. The state a batch produced is
+committed to Redis in one atomic script together with the records it will publish (an
+outbox); then the records are published and their delivery awaited; only then is the Kafka
+offset acknowledged. A crash before the commit replays the batch from the last committed
+state; a crash after it republishes the outbox when the partition is loaded again. Either
+way the same records carry the same ids, and nothing is published from state that a privacy
+request removed meanwhile (the commit is refused on a changed epoch, before any publishing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
@@ -27,7 +32,7 @@ from stream_app.inspection import describe
 from stream_app.metrics import Metrics
 from stream_app.records import AppEvent, InvalidEvent, OutRecord
 from stream_app.settings import Settings
-from stream_app.store import WindowStore
+from stream_app.store import StaleEpoch, WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     RedisTimeoutError,
     KafkaConnectionError,
     KafkaTimeoutError,
+    StaleEpoch,
 )
 
 
@@ -65,9 +71,14 @@ class Message(Protocol):
 
 @dataclass
 class _Owned:
+    """A partition this worker owns: its engine, committed offset and epoch, and a bounded
+    write-through copy of the user records it committed (so a batch usually needs no read)."""
+
     engine: PartitionEngine
     offset: int
     lock: asyncio.Lock
+    epoch: int = 0
+    cache: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
 
 
 class Processor:
@@ -83,7 +94,7 @@ class Processor:
         self.send = send
         self.owned: dict[tuple[str, int], _Owned] = {}
         self.healthy = True
-        self._ttl_s = int(settings.retention_days * 86400)
+        self._ttl_s = 0  # silent users expire in event time (engine deadlines), not by clock
         self._population_keys: set[str] = set()
 
     async def engine(self, topic: str, partition: int) -> _Owned:
@@ -97,7 +108,12 @@ class Processor:
             )
             entries = await self._redis("load_labels", self.store.load_labels(topic, partition))
             engine = PartitionEngine(self.core, snap.blob if snap else None, dict(due), entries)
-            owned = self.owned[key] = _Owned(engine, snap.offset if snap else -1, asyncio.Lock())
+            pending = await self._redis("load_outbox", self.store.load_outbox(topic, partition))
+            if pending:
+                await self._publish(unpack_outbox(pending))
+            owned = self.owned[key] = _Owned(
+                engine, snap.offset if snap else -1, asyncio.Lock(), snap.epoch if snap else 0
+            )
             self.metrics.partitions_owned.set(len(self.owned))
         return owned
 
@@ -130,7 +146,9 @@ class Processor:
                 return
             except TRANSIENT as exc:
                 self.healthy = False
-                log.warning("partition %d: %s; retrying in %.1f s", partition, exc, delay)
+                log.warning(
+                    "partition %d: %s; retrying in %.1f s", partition, _dependency(exc), delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except Exception:
@@ -172,13 +190,13 @@ class Processor:
         """Publish an event the engine cannot process, and step the offset past it."""
         err = rec.InvalidEvent("processing_error", f"{type(exc).__name__}: {exc}"[:400])
         self.metrics.events_invalid.labels(reason=err.reason).inc()
-        await self._publish([self._dlq(m, err)])
+        out = [self._dlq(m, err)]
         owned = await self.engine(topic, partition)
         async with owned.lock:
-            engine = owned.engine
-            result = engine.process((), {})
-            await self._commit(topic, partition, m.offset, engine, result)
+            result = owned.engine.process((), {})
+            await self._commit(owned, topic, partition, m.offset, result, out)
             owned.offset = m.offset
+        await self._publish(out)
 
     async def _partition_batch(
         self, topic: str, partition: int, owned: _Owned, msgs: Sequence[Message]
@@ -188,16 +206,16 @@ class Processor:
         if not fresh:
             return
         events, valid_msgs, out = self._decode(fresh)
-        result = await self._run(owned.engine, events)
+        result = await self._run(owned, events)
         out.extend(
             self._dlq(valid_msgs[i], rec.InvalidEvent("late_event", _late(events[i])))
             for i in result.late
         )
         self.metrics.events_late.inc(len(result.late))
         out.extend(self._publishable(result.outputs))
-        await self._publish(out)
-        await self._commit(topic, partition, fresh[-1].offset, owned.engine, result)
+        await self._commit(owned, topic, partition, fresh[-1].offset, result, out)
         owned.offset = fresh[-1].offset
+        await self._publish(out)
         self._observe(topic, partition, owned.engine, result, len(fresh), started)
 
     def _decode(
@@ -231,15 +249,19 @@ class Processor:
             offset=m.offset,
         )
 
-    async def _run(self, engine: PartitionEngine, events: Sequence[AppEvent]) -> BatchResult:
-        needed = engine.users_needed(events)
-        records = await self._load(needed)
-        return engine.process(events, records)
+    async def _run(self, owned: _Owned, events: Sequence[AppEvent]) -> BatchResult:
+        records = await self._load(owned, owned.engine.users_needed(events))
+        return owned.engine.process(events, records)
 
-    async def _load(self, users: set[str]) -> dict[str, userrecord.UserRecord | None]:
-        if not users:
-            return {}
-        raw = await self._redis("load_users", self.store.load_users(sorted(users)))
+    async def _load(
+        self, owned: _Owned, users: set[str]
+    ) -> dict[str, userrecord.UserRecord | None]:
+        """The records of ``users``: from the partition's cache, the rest in one MGET."""
+        cache = owned.cache
+        raw = {u: cache[u] for u in users if u in cache}
+        missing = sorted(users - raw.keys())
+        if missing:
+            raw.update(await self._redis("load_users", self.store.load_users(missing)))
         cfg = self.core.windows
         return {u: userrecord.decode(b, cfg) for u, b in raw.items()}
 
@@ -265,14 +287,16 @@ class Processor:
 
     async def _commit(
         self,
+        owned: _Owned,
         topic: str,
         partition: int,
         offset: int,
-        engine: PartitionEngine,
         r: BatchResult,
+        out: Sequence[OutRecord],
         *,
         same: bool = False,
     ) -> None:
+        engine = owned.engine
         users = {u: (userrecord.encode(v) if v else None) for u, v in r.users.items()}
         await self._redis(
             "commit",
@@ -286,8 +310,22 @@ class Processor:
                 due=r.due,
                 labels=engine.label_changes(),
                 same_offset=same,
+                epoch=owned.epoch,
+                outbox=pack_outbox(out),
             ),
         )
+        self._remember(owned, users)
+
+    def _remember(self, owned: _Owned, users: dict[str, bytes | None]) -> None:
+        cache = owned.cache
+        for user, blob in users.items():
+            if blob is None:
+                cache.pop(user, None)
+            else:
+                cache[user] = blob
+                cache.move_to_end(user)
+        while len(cache) > self.settings.user_cache_size:
+            cache.popitem(last=False)
 
     async def _redis(self, op: str, call: Awaitable[Any]) -> Any:
         started = time.perf_counter()
@@ -367,10 +405,11 @@ class Processor:
                 engine = owned.engine
                 if until <= engine.watermark:
                     continue
-                records = await self._load(engine.users_needed((), until))
+                records = await self._load(owned, engine.users_needed((), until))
                 result = engine.process((), records, until=until)
-                await self._publish(self._publishable(result.outputs))
-                await self._commit(topic, partition, owned.offset, engine, result, same=True)
+                out = self._publishable(result.outputs)
+                await self._commit(owned, topic, partition, owned.offset, result, out, same=True)
+                await self._publish(out)
                 self._observe(topic, partition, engine, result, 0, time.perf_counter())
 
     async def store_ok(self) -> bool:
@@ -379,6 +418,28 @@ class Processor:
             return bool(await self.store.ping())
         except Exception:
             return False
+
+    async def forget(self, user_id: str) -> int:
+        """Delete every piece of a user's state, including what this worker holds in memory.
+
+        ``stream-app forget`` deletes the keys in Redis, but a running worker still holds
+        the user's pending label snapshots and deadline in its partition engine, and would
+        learn from them later. Here the delete runs under the partition's lock (so no batch
+        re-commits the user meanwhile) and the partition's engine is then dropped: the next
+        batch reloads it from Redis, which no longer has the user. The engine always equals
+        its last commit between batches, so nothing else is lost.
+        """
+        topic = self.settings.topic_events
+        key = (topic, partition_of(user_id, self.settings.partitions))
+        partitions = [(topic, p) for p in range(self.settings.partitions)]
+        owned = self.owned.get(key)
+        if owned is None:
+            return int(await self.store.forget_user(user_id, partitions))
+        async with owned.lock:
+            removed = int(await self.store.forget_user(user_id, partitions))
+            if self.owned.get(key) is owned:
+                del self.owned[key]
+        return removed
 
     async def inspect(self, user_id: str) -> dict[str, Any] | None:
         """One user's windows, features, score with reasons, tiers and warning state."""
@@ -418,6 +479,14 @@ class Processor:
         ).inc()
 
 
+def _dependency(exc: BaseException) -> str:
+    """An operator-readable cause: which dependency failed, and how (never a secret: redis-py
+    and aiokafka error messages carry no passwords)."""
+    module = type(exc).__module__
+    name = "Redis" if module.startswith("redis") else "Kafka" if "kafka" in module else "I/O"
+    return f"{name} unavailable ({type(exc).__name__}: {exc})"
+
+
 def _checkpoint(engine: PartitionEngine) -> bytes:
     """The engine's snapshot in a canonical form.
 
@@ -451,3 +520,25 @@ def partition_of(user_id: str, partitions: int) -> int:
     from kafka.partitioner.default import murmur2
 
     return int(murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
+
+
+def pack_outbox(records: Sequence[OutRecord]) -> dict[str, bytes]:
+    """The records a batch publishes, keyed ``user NUL index`` so that a privacy request
+    can remove one user's records and a reload can publish the rest in order."""
+    return {
+        f"{(r.key or b'').decode(errors='replace')}\x00{i}": pickle.dumps(
+            (r.topic_role, r.key, r.value, list(r.headers)), protocol=5
+        )
+        for i, r in enumerate(records)
+    }
+
+
+def unpack_outbox(entries: Sequence[bytes]) -> list[OutRecord]:
+    """Inverse of :func:`pack_outbox` (entries in publishing order).
+
+    >>> r = OutRecord("warnings", b"u", b"{}", [("ce_id", b"1")])
+    >>> unpack_outbox(list(pack_outbox([r]).values())) == [r]
+    True
+    """
+    rows = [pickle.loads(e) for e in entries]
+    return [OutRecord(role, key, value, list(headers)) for role, key, value, headers in rows]

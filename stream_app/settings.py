@@ -94,12 +94,18 @@ class Settings(BaseSettings):
         0.5, gt=0, le=1, description="Share of (user, day) score snapshots kept for learning."
     )
     label_max_pending: int = Field(
-        20_000, ge=100, description="Most snapshots per partition waiting for their label."
+        5_000, ge=100, description="Most snapshots per partition waiting for their label."
     )
     rescore_after_days: Annotated[tuple[float, ...], NoDecode] = Field(
         (7.0, 14.0, 28.0, 56.0, 91.0, 140.0, 210.0),
         description="Silent users are re-scored this many days after their last activity "
         "(comma separated), so the model sees and warns about absence, not only activity.",
+    )
+    user_cache_size: int = Field(
+        50_000,
+        ge=0,
+        description="User records per partition kept in memory after their commit, so a "
+        "batch usually needs one Redis round trip (the write) instead of two.",
     )
     evaluate_every_s: float = Field(
         900.0,

@@ -23,7 +23,13 @@ from typing import Protocol, cast
 
 from redis.asyncio import Redis
 
-__all__ = ["MemoryWindowStore", "PartitionState", "RedisWindowStore", "WindowStore"]
+__all__ = [
+    "MemoryWindowStore",
+    "PartitionState",
+    "RedisWindowStore",
+    "StaleEpoch",
+    "WindowStore",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,11 @@ class PartitionState:
 
     offset: int
     blob: bytes
+    epoch: int = 0
+
+
+class StaleEpoch(RuntimeError):
+    """The partition's state was changed from outside (a privacy request): reload it."""
 
 
 class WindowStore(Protocol):
@@ -57,15 +68,27 @@ class WindowStore(Protocol):
         due: Mapping[str, float | None],
         labels: Mapping[str, bytes | None] = ...,
         same_offset: bool = False,
+        epoch: int | None = None,
+        outbox: Mapping[str, bytes] | None = None,
     ) -> bool:
         """Atomically apply a batch unless ``offset`` was already committed.
 
         Returns False (and changes nothing) when the stored offset is ``>= offset``, i.e.
-        on redelivery.  Otherwise sets each user blob with expiry ``ttl_s`` (None deletes),
+        on redelivery.  Otherwise sets each user blob with expiry ``ttl_s`` (0: none, as the
+        worker expires silent users itself, in event time; None deletes),
         the partition blob when given, the due index (None removes), the label entries
         (None removes) and the offset.  ``same_offset`` commits work that consumed no
         record (a wall-clock sweep): it is refused only when the stored offset is newer.
+        With ``epoch``, raises :class:`StaleEpoch` (changing nothing) when the partition's
+        epoch differs: someone (``forget_user``) changed its state since it was loaded.
+        ``outbox`` (the records the batch will publish, keyed ``user NUL index``) replaces
+        the partition's outbox, so they can be published again after a crash between this
+        commit and their delivery.
         """
+        ...
+
+    async def load_outbox(self, topic: str, partition: int) -> list[bytes]:
+        """The partition's outbox entries, in publishing order."""
         ...
 
     async def load_labels(self, topic: str, partition: int) -> list[bytes]:
@@ -92,6 +115,9 @@ class WindowStore(Protocol):
 
 
 _COMMIT = """
+if ARGV[8] ~= '' and (redis.call('HGET', KEYS[1], 'epoch') or '0') ~= ARGV[8] then
+  return -1
+end
 local stored = redis.call('HGET', KEYS[1], 'offset')
 if stored then
   local s, o = tonumber(stored), tonumber(ARGV[1])
@@ -99,10 +125,12 @@ if stored then
 end
 local ttl, n_users = ARGV[2], tonumber(ARGV[4])
 local n_due, n_labels = tonumber(ARGV[5]), tonumber(ARGV[6])
-local a = 8
+local a = 10
 for i = 1, n_users do
-  local key = KEYS[3 + i]
-  if ARGV[a] == 's' then
+  local key = KEYS[4 + i]
+  if ARGV[a] == 's' and ttl == '0' then
+    redis.call('SET', key, ARGV[a + 1])
+  elseif ARGV[a] == 's' then
     redis.call('SET', key, ARGV[a + 1], 'EX', ttl)
   else
     redis.call('DEL', key)
@@ -125,7 +153,18 @@ for i = 1, n_labels do
   end
   a = a + 3
 end
-if ARGV[3] == '1' then redis.call('HSET', KEYS[1], 'blob', ARGV[a]) end
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], 'blob', ARGV[a])
+  a = a + 1
+end
+local n_out = tonumber(ARGV[9])
+if n_out >= 0 then
+  redis.call('DEL', KEYS[4])
+  for i = 1, n_out do
+    redis.call('HSET', KEYS[4], ARGV[a], ARGV[a + 1])
+    a = a + 2
+  end
+end
 redis.call('HSET', KEYS[1], 'offset', ARGV[1])
 return 1
 """
@@ -157,6 +196,9 @@ class RedisWindowStore:
     def _labels(self, topic: str, partition: int) -> str:
         return f"{self._prefix}labels:{{{topic}:{partition}}}"
 
+    def _outbox(self, topic: str, partition: int) -> str:
+        return f"{self._prefix}outbox:{{{topic}:{partition}}}"
+
     async def load_labels(self, topic: str, partition: int) -> list[bytes]:
         return cast(list[bytes], await self._r.hvals(self._labels(topic, partition)))
 
@@ -168,11 +210,16 @@ class RedisWindowStore:
         return {u: b for u, b in zip(user_ids, blobs, strict=True) if b is not None}
 
     async def load_partition(self, topic: str, partition: int) -> PartitionState | None:
-        raw = await self._r.hmget(self._part(topic, partition), ["offset", "blob"])
+        raw = await self._r.hmget(self._part(topic, partition), ["offset", "blob", "epoch"])
         row = cast(list[bytes | None], raw)
-        if row[0] is None:
+        if row[0] is None and row[2] is None:
             return None
-        return PartitionState(int(row[0]), row[1] or b"")
+        offset = int(row[0]) if row[0] is not None else -1
+        return PartitionState(offset, row[1] or b"", int(row[2] or 0))
+
+    async def load_outbox(self, topic: str, partition: int) -> list[bytes]:
+        raw = cast(dict[bytes, bytes], await self._r.hgetall(self._outbox(topic, partition)))
+        return [raw[k] for k in sorted(raw, key=_outbox_order)]
 
     async def commit(
         self,
@@ -186,18 +233,23 @@ class RedisWindowStore:
         due: Mapping[str, float | None],
         labels: Mapping[str, bytes | None] | None = None,
         same_offset: bool = False,
+        epoch: int | None = None,
+        outbox: Mapping[str, bytes] | None = None,
     ) -> bool:
-        if ttl_s <= 0:
-            raise ValueError("ttl_s must be positive")
+        if ttl_s < 0:
+            raise ValueError("ttl_s must not be negative (0: no expiry)")
         labels = labels or {}
         keys = [
             self._part(topic, partition),
             self._due(topic, partition),
             self._labels(topic, partition),
+            self._outbox(topic, partition),
         ]
         keys += [self._user(u) for u in users]
         args: list[bytes | str | int] = [offset, ttl_s, int(partition_blob is not None)]
         args += [len(users), len(due), len(labels), int(same_offset)]
+        args.append("" if epoch is None else str(epoch))
+        args.append(-1 if outbox is None else len(outbox))
         for blob in users.values():
             args += ("d", b"") if blob is None else ("s", blob)
         for user, deadline in due.items():
@@ -206,7 +258,12 @@ class RedisWindowStore:
             args += (entry, "d", b"") if value is None else (entry, "s", value)
         if partition_blob is not None:
             args.append(partition_blob)
-        return bool(await self._commit(keys=keys, args=args))
+        for entry, value in (outbox or {}).items():
+            args += (entry, value)
+        result = await self._commit(keys=keys, args=args)
+        if result == -1:
+            raise StaleEpoch(f"partition {topic}:{partition} changed since it was loaded")
+        return bool(result)
 
     async def due_users(
         self, topic: str, partition: int, until: float, limit: int
@@ -223,13 +280,22 @@ class RedisWindowStore:
             (t, p): [f async for f, _ in self._r.hscan_iter(self._labels(t, p), match=pattern)]
             for t, p in partitions
         }
+        outbox = {
+            (t, p): [f async for f, _ in self._r.hscan_iter(self._outbox(t, p), match=pattern)]
+            for t, p in partitions
+        }
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.delete(self._user(user_id))
             for topic, partition in partitions:
                 pipe.zrem(self._due(topic, partition), user_id)
                 if entries[(topic, partition)]:
                     pipe.hdel(self._labels(topic, partition), *entries[(topic, partition)])
-            return sum(int(n) for n in await pipe.execute())
+                if outbox[(topic, partition)]:
+                    pipe.hdel(self._outbox(topic, partition), *outbox[(topic, partition)])
+            for topic, partition in partitions:
+                pipe.hincrby(self._part(topic, partition), "epoch", 1)
+            results = await pipe.execute()
+            return sum(int(n) for n in results[: len(results) - len(partitions)])
 
     async def user_ttl(self, user_id: str) -> float | None:
         """Seconds until the user's blob expires (None if missing or without expiry)."""
@@ -252,6 +318,14 @@ class _Part:
     blob: bytes = b""
     due: dict[str, float] = field(default_factory=dict)
     labels: dict[str, bytes] = field(default_factory=dict)
+    epoch: int = 0
+    outbox: dict[str, bytes] = field(default_factory=dict)
+
+
+def _outbox_order(entry: bytes | str) -> tuple[int, bytes | str]:
+    """Outbox entries sort by their index (after the user id and a NUL)."""
+    sep = b"\x00" if isinstance(entry, bytes) else "\x00"
+    return int(entry.rsplit(sep, 1)[1]), entry  # type: ignore[arg-type]
 
 
 def _glob_escape(text: str) -> str:
@@ -294,9 +368,16 @@ class MemoryWindowStore:
 
     async def load_partition(self, topic: str, partition: int) -> PartitionState | None:
         part = self._parts.get((topic, partition))
-        if part is None or part.offset is None:
+        if part is None or (part.offset is None and not part.epoch):
             return None
-        return PartitionState(part.offset, part.blob)
+        offset = -1 if part.offset is None else part.offset
+        return PartitionState(offset, part.blob, part.epoch)
+
+    async def load_outbox(self, topic: str, partition: int) -> list[bytes]:
+        part = self._parts.get((topic, partition))
+        if part is None:
+            return []
+        return [part.outbox[k] for k in sorted(part.outbox, key=_outbox_order)]
 
     async def commit(
         self,
@@ -310,10 +391,14 @@ class MemoryWindowStore:
         due: Mapping[str, float | None],
         labels: Mapping[str, bytes | None] | None = None,
         same_offset: bool = False,
+        epoch: int | None = None,
+        outbox: Mapping[str, bytes] | None = None,
     ) -> bool:
-        if ttl_s <= 0:
-            raise ValueError("ttl_s must be positive")
+        if ttl_s < 0:
+            raise ValueError("ttl_s must not be negative (0: no expiry)")
         part = self._parts.setdefault((topic, partition), _Part())
+        if epoch is not None and part.epoch != epoch:
+            raise StaleEpoch(f"partition {topic}:{partition} changed since it was loaded")
         stored = part.offset
         if stored is not None and (stored > offset or (stored == offset and not same_offset)):
             return False
@@ -322,7 +407,7 @@ class MemoryWindowStore:
                 part.labels.pop(entry, None)
             else:
                 part.labels[entry] = bytes(value)
-        expires = self._clock() + ttl_s
+        expires = self._clock() + ttl_s if ttl_s else float("inf")
         for user, blob in users.items():
             if blob is None:
                 self._users.pop(user, None)
@@ -335,6 +420,8 @@ class MemoryWindowStore:
                 part.due[user] = float(deadline)
         if partition_blob is not None:
             part.blob = bytes(partition_blob)
+        if outbox is not None:
+            part.outbox = {k: bytes(v) for k, v in outbox.items()}
         part.offset = offset
         return True
 
@@ -360,6 +447,10 @@ class MemoryWindowStore:
             for entry in mine:
                 del part.labels[entry]
             count += len(mine)
+            for entry in [e for e in part.outbox if e.startswith(user_id + "\x00")]:
+                del part.outbox[entry]
+        for key in partitions:
+            self._parts.setdefault(key, _Part()).epoch += 1
         return count
 
     async def load_labels(self, topic: str, partition: int) -> list[bytes]:
@@ -367,8 +458,8 @@ class MemoryWindowStore:
         return list(part.labels.values()) if part else []
 
     async def user_ttl(self, user_id: str) -> float | None:
-        """Seconds until the user's blob expires (None if missing)."""
-        if self._live(user_id) is None:
+        """Seconds until the user's blob expires (None if missing or without expiry)."""
+        if self._live(user_id) is None or self._users[user_id][1] == float("inf"):
             return None
         return self._users[user_id][1] - self._clock()
 

@@ -16,7 +16,7 @@ from stream_app.tiers import TierState
 from stream_app.windows import UserWindows
 
 _VERSION = 1
-_HISTORY = 5
+_HISTORY = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,3 +50,15 @@ def register(
             if found is None:
                 return self.json({"error": f"unknown user {user_id!r}"}, status=404)
             return self.json(found)
+
+        async def delete(self, request: Request, user_id: str) -> Response:
+            """Forget a user (privacy request) in Redis *and* in this worker's memory.
+
+            Destructive, so unlike reading it is refused unless a token is configured.
+            """
+            if settings.inspect_token is None:
+                return self.json({"error": "set CHURN_INSPECT_TOKEN to enable"}, status=403)
+            if not authorised(request, settings):
+                return self.json({"error": "unauthorised"}, status=401)
+            removed = await processor.forget(user_id)
+            return self.json({"user_id": user_id, "keys_removed": removed})

@@ -161,10 +161,10 @@ class LabelBook:
             self._names = names
         elif names != self._names:
             raise ValueError("feature names changed while labels were pending")
-        return array("d", x.values()).tobytes()
+        return array("f", x.values()).tobytes()
 
     def _decode_x(self, data: bytes) -> dict[str, float]:
-        values = array("d")
+        values = array("f")
         values.frombytes(data)
         return dict(zip(self._names or (), values, strict=True))
 

@@ -140,8 +140,10 @@ def test_ttl_is_set(store: Any) -> None:
         ttl = await s.user_ttl("a")
         assert ttl is not None and TTL - 5 < ttl <= TTL
         assert await s.user_ttl("missing") is None
+        assert await s.commit("t", 0, 2, {"b": b"2"}, None, ttl_s=0, due={})
+        assert await s.user_ttl("b") is None  # 0: no expiry (the worker expires in event time)
         with pytest.raises(ValueError):
-            await s.commit("t", 0, 2, {"a": b"1"}, None, ttl_s=0, due={})
+            await s.commit("t", 0, 3, {"a": b"1"}, None, ttl_s=-1, due={})
 
     run(store, scenario)
 
