@@ -91,6 +91,10 @@ def create_app(settings: Settings) -> faust.App:
         if settings.clock == "live":
             await processor.sweep(time.time() - settings.live_clock_slack_s)
 
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        shorten_fetch_wait(app, settings.kafka_fetch_max_wait_ms)
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         for tp in revoked:
@@ -112,3 +116,19 @@ def report_lag(app: faust.App, metrics: Metrics, messages: list[Any]) -> None:
         if highwater is not None:
             lag = max(0, int(highwater) - offset - 1)
             metrics.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+
+def shorten_fetch_wait(app: faust.App, wait_ms: int) -> None:
+    """Apply ``kafka_fetch_max_wait_ms`` to Faust's consumer.
+
+    faust-streaming 0.15.3 creates its aiokafka consumer with a fixed 1.5 s fetch wait; a
+    broker that holds a fetch until that wait runs out then delays every event by up to
+    1.5 s. The attribute path is specific to the pinned versions; when it is not there the
+    worker says so and runs with Faust's default.
+    """
+    try:
+        consumer: Any = app.consumer
+        fetcher = consumer._thread._ensure_consumer()._fetcher
+        fetcher._fetch_max_wait_ms = wait_ms
+    except AttributeError:
+        log.warning("cannot set the fetch wait on this Faust version; keeping its default")

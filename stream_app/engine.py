@@ -124,9 +124,13 @@ class PartitionEngine:
         """The partition state as deterministic bytes, to commit with the batch.
 
         Pending label snapshots are not in it: they are written incrementally, see
-        :meth:`label_changes`.
+        :meth:`label_changes`. river's rolling ROC AUC buffers updates until it is read, and
+        the buffer is pickled with the scorer; reading both figures first makes the bytes
+        independent of when metrics happened to be read (the values do not change).
         """
         st = self.state
+        st.scorer.quality.auc("prior")
+        st.scorer.quality.auc("model")
         parts = (
             st.watermark,
             st.scorer.to_bytes(),
@@ -265,9 +269,7 @@ class PartitionEngine:
         if st.rfm.n >= core.tiers.min_population:
             rfm = st.rfm.scores(values, prev.rfm, core.tiers.score_margin)
             segment = tiers.segment_of(rfm)
-        state, changes = tiers.step_tiers(
-            prev, stage, segment, rfm, at, user, rfm_bins=bins, bucket_s=core.tiers.change_bucket_s
-        )
+        state, changes = tiers.step_tiers(prev, stage, segment, rfm, at, user, rfm_bins=bins)
         for change in changes:
             st.move(str(change["dimension"]), change["from"], change["to"])
             out.outputs.append(Output("tier", user, change))

@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream_app import records as rec
 from stream_app import userrecord
+from stream_app.alerts import LEVEL_NAMES
 from stream_app.core import Core
 from stream_app.engine import BatchResult, Output, PartitionEngine
 from stream_app.inspection import describe
@@ -217,6 +218,7 @@ class Processor:
         owned.offset = fresh[-1].offset
         await self._publish(out)
         self._observe(topic, partition, owned.engine, result, len(fresh), started)
+        self._observe_arrivals(fresh)
 
     def _decode(
         self, msgs: Sequence[Message]
@@ -305,7 +307,7 @@ class Processor:
                 partition,
                 offset,
                 users,
-                _checkpoint(engine),
+                engine.snapshot(),
                 ttl_s=self._ttl_s,
                 due=r.due,
                 labels=engine.label_changes(),
@@ -357,14 +359,12 @@ class Processor:
         now = time.time()
         for o in r.outputs:
             if o.role == "warning":
-                m.observe_warning(
-                    str(o.payload["level"]),
-                    published_at=now,
-                    occurred_at=rec.parse_time(str(o.payload["event_time"])),
-                    received_at=now,
-                )
+                m.warnings_emitted.labels(level=str(o.payload["level_name"])).inc()
+                occurred = rec.parse_time(str(o.payload["event_time"]))
+                m.warning_latency.observe(max(0.0, now - occurred))
             elif o.role == "recovered":
-                m.recoveries.labels(from_level=str(o.payload["previous_level"])).inc()
+                previous = LEVEL_NAMES.get(int(o.payload["previous_level"]), "none")
+                m.recoveries.labels(from_level=previous).inc()
             else:
                 self._observe_tier(o.payload)
         scorer = engine.state.scorer
@@ -373,6 +373,15 @@ class Processor:
         self._observe_model(partition, engine, r)
         if any(o.role == "tier" for o in r.outputs):
             self._observe_populations()
+
+    def _observe_arrivals(self, msgs: Sequence[Message]) -> None:
+        """Time from each record's arrival in Kafka (its timestamp) to its publication."""
+        now = time.time()
+        observe = self.metrics.processing_latency.observe
+        for m in msgs:
+            stamp = getattr(m, "timestamp", None)
+            if stamp:
+                observe(max(0.0, now - float(stamp) / 1000.0))
 
     def _observe_model(self, partition: int, engine: PartitionEngine, r: BatchResult) -> None:
         m = self.metrics
@@ -485,23 +494,6 @@ def _dependency(exc: BaseException) -> str:
     module = type(exc).__module__
     name = "Redis" if module.startswith("redis") else "Kafka" if "kafka" in module else "I/O"
     return f"{name} unavailable ({type(exc).__name__}: {exc})"
-
-
-def _checkpoint(engine: PartitionEngine) -> bytes:
-    """The engine's snapshot in a canonical form.
-
-    river's rolling ROC AUC buffers its updates and folds them into the metric whenever it
-    is read, and reading happens at moments that depend on batch boundaries (the model
-    metrics after a batch with matured labels, ``/users/{id}``). The buffer is pickled
-    with the scorer, so without this the checkpoint bytes of two runs over the same
-    events would differ with their batching, and a crash-restarted worker would not end
-    byte-identical to an uninterrupted one. Reading both figures first empties the
-    buffers; the values are unchanged.
-    """
-    quality = engine.state.scorer.quality
-    quality.auc("prior")
-    quality.auc("model")
-    return engine.snapshot()
 
 
 def _headers(headers: Any) -> list[tuple[str, bytes]]:

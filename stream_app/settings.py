@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     inspect_token: SecretStr | None = Field(
         None, description="Bearer token required by the inspection endpoint when set."
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        100,
+        ge=1,
+        le=5000,
+        description="Longest time the broker may hold a fetch when no data is there (ms).",
+    )
     batch_size: int = Field(1000, ge=1, le=100_000, description="Events per processing batch.")
     batch_window_s: float = Field(
         0.05, gt=0, le=10, description="Longest wait to fill a batch, seconds."

@@ -260,7 +260,6 @@ class TierConfig:
     monetary_dim: str = "spend"
     min_population: int = 20
     score_margin: float = 0.05
-    change_bucket_s: float = DAY_S
     recency_layout: SketchLayout = SketchLayout(lo=1.0 / 24.0, hi=3650.0, bins=64)
     frequency_layout: SketchLayout = SketchLayout(lo=1.0, hi=366.0, bins=64)
     monetary_layout: SketchLayout = SketchLayout(lo=0.01, hi=1e7, bins=96)
@@ -513,7 +512,6 @@ def step_tiers(
     user_id: str,
     *,
     rfm_bins: tuple[int, int, int] | None = None,
-    bucket_s: float = DAY_S,
 ) -> tuple[TierState, list[dict[str, Any]]]:
     """Commit a user's newly computed tiers and describe each change.
 
@@ -521,8 +519,9 @@ def step_tiers(
     still warming up) and keeps what is committed. ``rfm`` is included when known;
     ``reason`` is a short code (``rfm_545`` for value changes). A first assignment is a change from
     ``None``, so gauges of the tier populations can be kept from the changes alone. The
-    ``change_id`` hashes user, dimension, target and the event-time bucket, so a replay
-    yields the same ids and repeated flips within a bucket collapse downstream.
+    ``change_id`` hashes user, dimension, both tiers and the exact event time, so a replay
+    yields the same ids while two real changes (a user leaving a tier and coming back to
+    it) never share one.
 
     >>> s, out = step_tiers(TierState(), "new", None, None, 0.0, "u1")
     >>> [(c["dimension"], c["from"], c["to"]) for c in out]
@@ -539,7 +538,6 @@ def step_tiers(
             return state, []
         return TierState(lc, seg, r, bins), []
     new_state = TierState(lc, seg, r, bins)
-    bucket = str(math.floor(at / bucket_s))
     moves = (
         ("lifecycle", state.lifecycle, lc, _LIFECYCLE_REASONS.get(lc or "", "")),
         ("value", state.value_segment, seg, "rfm_" + "".join(map(str, r)) if r else "rfm"),
@@ -549,7 +547,7 @@ def step_tiers(
         if after is None or after == before:
             continue
         change: dict[str, Any] = {
-            "change_id": _stable_id(user_id, dimension, after, bucket),
+            "change_id": _stable_id(user_id, dimension, str(before), after, repr(at)),
             "user_id": user_id,
             "dimension": dimension,
             "from": before,

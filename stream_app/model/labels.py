@@ -87,10 +87,11 @@ class _Snapshot:
     seq: int
     t: float
     x: bytes
+    names: int = 0
     returned: bool = False
 
 
-_HEAD = struct.Struct("<qd?H")
+_HEAD = struct.Struct("<qd?HH")
 
 
 def _entry_id(user: str, seq: int) -> str:
@@ -100,13 +101,13 @@ def _entry_id(user: str, seq: int) -> str:
 
 def _pack(snap: _Snapshot, user: str) -> bytes:
     raw = user.encode()
-    return _HEAD.pack(snap.seq, snap.t, snap.returned, len(raw)) + raw + snap.x
+    return _HEAD.pack(snap.seq, snap.t, snap.returned, snap.names, len(raw)) + raw + snap.x
 
 
 def _unpack(data: bytes) -> tuple[str, _Snapshot]:
-    seq, t, returned, n = _HEAD.unpack_from(data)
+    seq, t, returned, names, n = _HEAD.unpack_from(data)
     start = _HEAD.size
-    return data[start : start + n].decode(), _Snapshot(seq, t, data[start + n :], returned)
+    return data[start : start + n].decode(), _Snapshot(seq, t, data[start + n :], names, returned)
 
 
 class LabelBook:
@@ -129,7 +130,7 @@ class LabelBook:
         self._by_user: dict[str, deque[_Snapshot]] = {}
         self._due: list[tuple[float, int, str]] = []
         self._seq = 0
-        self._names: tuple[str, ...] | None = None
+        self._names: list[tuple[str, ...]] = []
         self._changed: dict[str, bytes | None] = {}
         self.pending = 0
         self.dropped = 0
@@ -155,18 +156,22 @@ class LabelBook:
             return False
         return self._sampled(user, t) and self.pending < self.cfg.max_pending
 
+    def _names_index(self, names: tuple[str, ...]) -> int:
+        """Index of a feature-name set; a snapshot remembers the set it was taken with, so
+        snapshots taken before a configuration change or an upgrade still decode."""
+        try:
+            return self._names.index(names)
+        except ValueError:
+            self._names.append(names)
+            return len(self._names) - 1
+
     def _encode_x(self, x: dict[str, float]) -> bytes:
-        names = tuple(x)
-        if self._names is None:
-            self._names = names
-        elif names != self._names:
-            raise ValueError("feature names changed while labels were pending")
         return array("f", x.values()).tobytes()
 
-    def _decode_x(self, data: bytes) -> dict[str, float]:
+    def _decode_x(self, snap: _Snapshot) -> dict[str, float]:
         values = array("f")
-        values.frombytes(data)
-        return dict(zip(self._names or (), values, strict=True))
+        values.frombytes(snap.x)
+        return dict(zip(self._names[snap.names], values, strict=True))
 
     def on_score(self, user: str, t: float, x: dict[str, float]) -> bool:
         """Maybe keep a snapshot of ``x`` scored at event time ``t``; return whether kept.
@@ -187,7 +192,7 @@ class LabelBook:
             return False
         if queue is None:
             queue = self._by_user[user] = deque()
-        snap = _Snapshot(self._seq, t, self._encode_x(x))
+        snap = _Snapshot(self._seq, t, self._encode_x(x), self._names_index(tuple(x)))
         queue.append(snap)
         heapq.heappush(self._due, (t + self.cfg.churn.horizon_s, self._seq, user))
         self._changed[_entry_id(user, snap.seq)] = _pack(snap, user)
@@ -221,7 +226,7 @@ class LabelBook:
                 del self._by_user[user]
             self.pending -= 1
             self._changed[_entry_id(user, snap.seq)] = None
-            out.append((self._decode_x(snap.x), not snap.returned))
+            out.append((self._decode_x(snap), not snap.returned))
         return out
 
     def drain_changes(self) -> dict[str, bytes | None]:
@@ -247,7 +252,7 @@ class LabelBook:
         """
         cfg, seq, _, dropped, names = pickle.loads(meta)
         book = cls(cfg)
-        book._seq, book.dropped, book._names = seq, dropped, names
+        book._seq, book.dropped, book._names = seq, dropped, list(names)
         snaps = sorted((_unpack(e) for e in entries if e is not None), key=lambda p: p[1].seq)
         book.pending = len(snaps)
         for user, snap in snaps:
