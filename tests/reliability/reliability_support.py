@@ -116,6 +116,8 @@ def dump_state(redis_url: str, prefix: str, password: str | None = None) -> dict
     try:
         for raw in client.scan_iter(match=f"{prefix}*", count=2000):
             key = raw.decode()[len(prefix) :]
+            if key.startswith("outbox:"):
+                continue  # delivery bookkeeping: the last batch's records, not state
             kind = client.type(raw).decode()
             if kind == "string":
                 out[key] = client.get(raw)
