@@ -95,3 +95,24 @@ def test_a_redis_outage_is_retried_and_nothing_is_applied_twice() -> None:
     assert flaky.failures == 0
     users = ["alice", "bob"]
     assert asyncio.run(flaky.load_users(users)) == asyncio.run(steady.load_users(users))
+
+
+def test_live_sweep_ages_a_silent_stream() -> None:
+    """No event arrives, yet the wall-clock sweep passes the 60-day deadline: the warning is
+    published, stamped at the deadline, and committed at the same offset."""
+    store = MemoryWindowStore()
+    proc, sent = processor(store)
+    asyncio.run(proc.handle([msg(0, "alice", 5)]))
+    deadline = 1767607200.0 + 60 * 86400  # 2026-01-05T10:00Z + 60 days
+
+    async def sweep() -> None:
+        await proc.sweep(deadline - 1)
+        assert all(orjson.loads(r.value).get("level") != 2 for r in sent)
+        await proc.sweep(deadline + 86400)
+
+    asyncio.run(sweep())
+    warnings = [orjson.loads(r.value) for r in sent if r.topic_role == "warnings"]
+    assert [(w["level"], w["event_time"]) for w in warnings if w["level"] == 2] == [
+        (2, "2026-03-06T10:00:00.000Z")
+    ]
+    assert asyncio.run(store.load_partition("app.events", 0)).offset == 0  # type: ignore[union-attr]
