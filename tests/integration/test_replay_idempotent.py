@@ -50,6 +50,20 @@ def settings_of(env: dict[str, str]) -> Settings:
     return Settings(**{k[len("CHURN_") :].lower(): v for k, v in env.items()})  # type: ignore[arg-type]
 
 
+def settled(read: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Read until two reads a second apart agree: a batch's offset is committed (with its
+    outbox) just before its records are published, so "drained" can precede "published"."""
+    deadline = time.monotonic() + timeout
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the output topics kept changing")
+
+
 def by_id(records: list[Any]) -> dict[bytes, bytes]:
     """Published records by their CloudEvents id; a duplicate must repeat the same bytes."""
     out: dict[bytes, bytes] = {}
@@ -148,7 +162,9 @@ def test_replaying_cdnow_twice_leaves_redis_identical(
         assert first.sent == LIMIT
         wait_drained(settings, events_topic, LIMIT, timeout=60, out=io.StringIO())
         once = dump(client, prefix)
-        published_once = [by_id(topic_records(kafka_bootstrap, t)) for t in outputs]
+        published_once = settled(
+            lambda: [by_id(topic_records(kafka_bootstrap, t)) for t in outputs]
+        )
         assert topic_records(kafka_bootstrap, env["CHURN_TOPIC_DLQ"]) == []
         assert metric(worker.web_url, "churn_events_duplicate_total") == 0
 
@@ -178,7 +194,9 @@ def test_replaying_cdnow_twice_leaves_redis_identical(
         client.close()
 
     # A restarted worker republishes its last batch's outbox: same ids, same bytes.
-    assert [by_id(topic_records(kafka_bootstrap, t)) for t in outputs] == published_once
+    assert settled(lambda: [by_id(topic_records(kafka_bootstrap, t)) for t in outputs]) == (
+        published_once
+    )
     dlq = topic_records(kafka_bootstrap, env["CHURN_TOPIC_DLQ"])
     reasons = {dict(m.headers)["dlq_reason"] for m in dlq}
     assert reasons <= {b"late_event"}, reasons
