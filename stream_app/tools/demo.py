@@ -224,13 +224,14 @@ def print_summary(result: dict[str, Any]) -> None:
         f"\nBacktest at the cutoff: ROC AUC {bt['roc_auc']:.4f} over {bt['users']:,} users "
         f"(recency alone {bt['recency_roc_auc']:.4f}; Pareto/NBD 0.770)"
     )
+    print("Customers with an open warning at the cutoff, against 'no purchase in the holdout':")
+    for level, q in result["flags_at_cutoff"].items():
+        print(
+            f"  level >= {level}: {q['flagged']:>6,} flagged, precision {q['precision']}, "
+            f"recall {q['recall']}"
+        )
     ev = result["evaluation"]
-    print(
-        f"Evaluation after the cutoff: {ev['warnings']:,} warnings to {ev['warned_users']:,} "
-        f"users; median lead time {ev['lead_time_days'].get('median')} days"
-    )
-    for level, stats in ev["levels"].items():
-        print(f"  level >= {level}: precision {stats['precision']}, recall {stats['recall']}")
+    print(f"After the cutoff: {ev['warnings']:,} warnings to {ev['warned_users']:,} customers.")
     print(f"Report with plots: {result['report']}")
 
 
