@@ -45,14 +45,14 @@ otherwise, ``message_sent`` events from 10:30 on (an interaction).
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
+from tests_support import read_to_end as shared_read_to_end
 
 from stream_app.records import validator
 from stream_app.settings import Settings
@@ -110,23 +110,8 @@ def encode(n: int, user: str, kind: str, t: datetime) -> bytes:
 
 
 def read_to_end(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of ``topic`` published so far, read like a subscriber (manual
-    assignment, no group), in offset order."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0}]
-        consumer.assign(parts)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(parts)
-        out: list[Any] = []
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            assert time.monotonic() < deadline, f"{topic}: stuck before the end offsets"
-            for msgs in consumer.poll(timeout_ms=500).values():
-                out.extend(msgs)
-        return sorted(out, key=lambda m: (m.partition, m.offset))
-    finally:
-        consumer.close()
+    """Every record of ``topic`` published so far, in offset order."""
+    return shared_read_to_end(bootstrap, topic)
 
 
 def settings_of(env: dict[str, str]) -> Settings:

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -28,7 +27,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
+from tests_support import read_to_end as shared_read_to_end
 
 from stream_app.settings import Settings
 from stream_app.tiers import LIFECYCLES
@@ -63,21 +63,7 @@ def produce(env: dict[str, str], bootstrap: str, events: list[tuple[str, str, da
 
 def published(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """Every warning/recovery published so far, as a subscriber reads them."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0}]
-        consumer.assign(parts)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(parts)
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            assert time.monotonic() < deadline
-            for msgs in consumer.poll(timeout_ms=500).values():
-                out.extend(orjson.loads(m.value) for m in msgs)
-        return out
-    finally:
-        consumer.close()
+    return [orjson.loads(m.value) for m in shared_read_to_end(bootstrap, topic)]
 
 
 def get(url: str, token: str | None = None) -> tuple[int, bytes]:

@@ -34,7 +34,7 @@ from typing import Any, cast
 import orjson
 import pytest
 import redis
-from kafka import KafkaConsumer, TopicPartition
+from tests_support import read_to_end as shared_read_to_end
 
 from stream_app.settings import Settings
 from stream_app.tools.replay import run_replay
@@ -104,21 +104,7 @@ def text(raw: bytes | str) -> str:
 
 def topic_records(bootstrap: str, topic: str) -> list[Any]:
     """Every record of ``topic`` so far (manual assignment, no consumer group)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0}]
-        consumer.assign(parts)
-        consumer.seek_to_beginning()
-        ends = consumer.end_offsets(parts)
-        out: list[Any] = []
-        deadline = time.monotonic() + 30
-        while any(consumer.position(tp) < end for tp, end in ends.items()):
-            assert time.monotonic() < deadline, f"{topic}: stuck before the end offsets"
-            for msgs in consumer.poll(timeout_ms=500).values():
-                out.extend(msgs)
-        return out
-    finally:
-        consumer.close()
+    return shared_read_to_end(bootstrap, topic)
 
 
 def metric(web_url: str, name: str) -> float:
