@@ -24,7 +24,7 @@ from stream_app.model.labels import LabelBook
 from stream_app.model.learner import ChurnScorer, Score
 from stream_app.records import AppEvent
 from stream_app.userrecord import UserRecord
-from stream_app.windows import Outcome, UserWindows, WindowsBuilder, expired
+from stream_app.windows import Outcome, WindowsBuilder, expired
 
 DAY_S = 86400.0
 
@@ -298,6 +298,8 @@ class PartitionEngine:
         else:
             self._due[user] = deadline
             heapq.heappush(self._heap, (deadline, user))
+            if len(self._heap) > 2 * len(self._due) + 1024:
+                self.compact()
         out.due[user] = deadline
 
     def compact(self) -> None:
@@ -327,8 +329,3 @@ def _load_partition(core: Core, blob: bytes | None, label_entries: Iterable[byte
         tiers.RfmSketches.from_bytes(rfm),
         dict(populations),
     )
-
-
-def views(records: Iterable[UserRecord]) -> list[UserWindows]:
-    """The window views of some records (for tools that score many users)."""
-    return [r.windows for r in records]

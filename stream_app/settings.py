@@ -182,12 +182,6 @@ class Settings(BaseSettings):
         """Every topic the service reads or writes."""
         return (self.topic_events, self.topic_dlq, self.topic_warnings, self.topic_tiers)
 
-    def redis_port(self) -> int:
-        """Port of the Redis URL (the embedded stack starts Redis there)."""
-        from urllib.parse import urlparse
-
-        return urlparse(self.redis_url).port or 6379
-
 
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment, or stop with a message naming the variable.
