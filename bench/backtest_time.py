@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.throughput import ROOT, free_port, log, machine, terminate_on_sigterm
 from stream_app import stack
+from stream_app.settings import load_settings
+from stream_app.tools.session import default_workers
 
 
 def stop_child(proc: subprocess.Popen[bytes], run_dir: Path) -> None:
@@ -55,6 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("path", nargs="?", default="data/CDNOW_master.txt")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--workers", type=int, help="worker processes (default: the backtest's own default)"
+    )
     args = parser.parse_args()
     terminate_on_sigterm()
     result: dict[str, Any] = {"benchmark": "backtest_time", "machine": machine()}
@@ -79,6 +84,7 @@ def main() -> None:
             str(json_out),
             "--report-dir",
             str(work / "report"),
+            *(["--workers", str(args.workers)] if args.workers else []),
         ]
         log("running: stream-app backtest " + args.path)
         started = time.monotonic()
@@ -101,9 +107,12 @@ def main() -> None:
             raise SystemExit(f"backtest failed with exit code {code}:\n{tail}")
         backtest = json.loads(json_out.read_text())
     result.update(
-        command=f"stream-app backtest {args.path}",
+        command=f"stream-app backtest {args.path}"
+        + (f" --workers {args.workers}" if args.workers else ""),
+        workers=args.workers or default_workers(load_settings().partitions),
         wall_s=round(wall, 2),
         backtest_elapsed_s=backtest.get("elapsed_s"),
+        phases_s=backtest.get("phases_s"),
         events_replayed=backtest.get("events_replayed"),
         users=backtest.get("users"),
         roc_auc=backtest.get("roc_auc"),

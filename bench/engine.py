@@ -107,7 +107,6 @@ TIMED: tuple[tuple[Any, str, str], ...] = (
     (alerts, "is_holdout", "alerts.is_holdout"),
     (alerts, "step", "alerts.step"),
     (alerts, "next_deadline", "alerts.next_deadline"),
-    (engine, "replace", "dataclasses.replace (engine)"),
     (engine, "expired", "windows.expired"),
     (WindowsBuilder, "apply", "windows.WindowsBuilder.apply"),
     (WindowsBuilder, "freeze", "windows.WindowsBuilder.freeze"),

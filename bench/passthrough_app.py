@@ -16,6 +16,10 @@ Configured from the environment (the benchmarks set it)::
 
 which is ``python -m faust -A bench.passthrough_app --loop uvloop worker`` with the log level
 and web port filled in. ``BENCH_DATADIR`` is where Faust keeps its folder (a temp dir).
+
+``BENCH_FAST_DRAIN=1`` gives the agent the worker's fast message drain
+(:mod:`stream_app.faust_fastpath`, the worker's ``CHURN_FAUST_FAST_DRAIN``); unset or any
+other value keeps stock Faust. ``/stats`` says which one ran (``fast_drain``).
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
+from stream_app.faust_fastpath import install_fast_drain
+
 BOOTSTRAP = os.environ.get("BENCH_BOOTSTRAP", "127.0.0.1:19092")
 TOPIC = os.environ.get("BENCH_TOPIC", "app.events")
 GROUP = os.environ.get("BENCH_GROUP", "bench-passthrough")
 WEB_PORT = int(os.environ.get("BENCH_WEB_PORT", "6067"))
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
 DATADIR = os.environ.get("BENCH_DATADIR") or tempfile.mkdtemp(prefix="passthrough-")
+FAST_DRAIN = os.environ.get("BENCH_FAST_DRAIN", "") == "1"
 os.makedirs(DATADIR, exist_ok=True)
 
 app = faust.App(
@@ -54,8 +61,10 @@ app = faust.App(
     autodiscover=False,
     datadir=DATADIR,
 )
+fast_drain = install_fast_drain(app) if FAST_DRAIN else False
 events = app.topic(TOPIC, value_type=bytes, key_type=bytes)
 stats: dict[str, float | int | None] = {
+    "fast_drain": fast_drain,
     "count": 0,
     "first_at": None,
     "first_count": None,

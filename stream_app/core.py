@@ -67,6 +67,7 @@ def feature_config(settings: Settings) -> FeatureConfig:
 def build_core(settings: Settings) -> Core:
     """Build the core configuration from the settings."""
     churn = ChurnConfig(horizon_days=settings.churn_horizon_days)
+    salt = settings.app_id if settings.sampling_salt is None else settings.sampling_salt
     return Core(
         windows=window_config(settings),
         features=feature_config(settings),
@@ -75,7 +76,7 @@ def build_core(settings: Settings) -> Core:
             churn=churn,
             sample_rate=settings.label_sample_rate,
             max_pending=settings.label_max_pending,
-            salt=settings.app_id,
+            salt=salt,
         ),
         model=ScorerConfig(),
         rescore_after_days=tuple(settings.rescore_after_days),
@@ -93,5 +94,5 @@ def build_core(settings: Settings) -> Core:
         tiers=TierConfig(churn_days=settings.no_login_days),
         playbook=load_playbook(settings.playbook_file),
         holdout_share=settings.holdout_share,
-        holdout_salt=settings.app_id,
+        holdout_salt=salt,
     )

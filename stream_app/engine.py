@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import heapq
 import pickle
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +137,7 @@ class PartitionEngine:
             st.rfm.to_bytes(),
             sorted(st.populations.items()),
         )
-        return zlib.compress(pickle.dumps(parts, protocol=5), 1)
+        return pickle.dumps(parts, protocol=5)
 
     def label_changes(self) -> dict[str, bytes | None]:
         """Label entries added, changed (bytes) or removed (None) since the last call."""
@@ -321,7 +320,7 @@ def _load_partition(core: Core, blob: bytes | None, label_entries: Iterable[byte
         return _Partition(
             float("-inf"), core.new_scorer(), core.new_labels(), tiers.RfmSketches.empty(core.tiers)
         )
-    watermark, scorer, labels, rfm, populations = pickle.loads(zlib.decompress(blob))
+    watermark, scorer, labels, rfm, populations = pickle.loads(blob)
     return _Partition(
         watermark,
         ChurnScorer.from_bytes(scorer),

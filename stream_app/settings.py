@@ -60,14 +60,25 @@ class Settings(BaseSettings):
         None, description="Bearer token required by the inspection endpoint when set."
     )
     kafka_fetch_max_wait_ms: int = Field(
-        100,
+        10,
         ge=1,
         le=5000,
-        description="Longest time the broker may hold a fetch when no data is there (ms).",
+        description="Longest time the broker may hold a fetch when no data is there (ms); "
+        "bounds the latency an idle partition adds to its next event (brokers that hold "
+        "every fetch this long add it to every event).",
+    )
+    faust_fast_drain: bool = Field(
+        True,
+        description="Hand each fetched event to Faust's stream without a task when it fits "
+        "(faust-streaming 0.15.3 only); `false` keeps Faust's own per-event tasks.",
     )
     batch_size: int = Field(1000, ge=1, le=100_000, description="Events per processing batch.")
     batch_window_s: float = Field(
-        0.05, gt=0, le=10, description="Longest wait to fill a batch, seconds."
+        0.01,
+        gt=0,
+        le=10,
+        description="Longest wait to fill a batch, seconds; under a backlog batches fill "
+        "at once, so this only adds latency when the stream is slow.",
     )
     clock: Literal["event", "live"] = Field(
         "live",
@@ -134,6 +145,12 @@ class Settings(BaseSettings):
     cooldown_s: float = Field(0.0, ge=0, description="Least time between two emissions per user.")
     holdout_share: float = Field(
         0.05, ge=0, le=1, description="Share of users flagged `holdout` (stable hash)."
+    )
+    sampling_salt: str | None = Field(
+        None,
+        description="Salt of the stable hashes that pick the holdout users and the score "
+        "snapshots kept for learning (default: the app id). Runs that must give identical "
+        "results, such as two backtests, need the same salt.",
     )
     playbook_file: Path | None = Field(
         None, description="TOML playbook of suggested actions (default: the packaged one)."

@@ -78,14 +78,19 @@ def _chunk(data: bytes) -> bytes:
     return _SIZE.pack(len(data)) + data
 
 
-def encode(record: UserRecord) -> bytes:
+def encode(record: UserRecord, windows_bytes: bytes | None = None) -> bytes:
     """Deterministic bytes: version, then length-prefixed windows, alert, tiers, history and
-    the time of the last evaluation."""
+    the time of the last evaluation.
+
+    ``windows_bytes``, when given, must be ``windows.encode(record.windows)``: a caller that
+    still has the encoding of unchanged windows (a user scored at a deadline, not by an
+    event) saves the most expensive part.
+    """
     hist = b"".join(_ITEM.pack(h.level, h.at) for h in record.history)
     return bytes([_VERSION]) + b"".join(
         _chunk(part)
         for part in (
-            windows.encode(record.windows),
+            windows.encode(record.windows) if windows_bytes is None else windows_bytes,
             record.alert.to_bytes(),
             record.tiers.to_bytes(),
             hist,
@@ -96,6 +101,19 @@ def encode(record: UserRecord) -> bytes:
 
 def decode(data: bytes, cfg: windows.WindowConfig | None = None) -> UserRecord:
     """Inverse of :func:`encode`."""
+    return decode_parts(data, cfg)[0]
+
+
+def decode_parts(data: bytes, cfg: windows.WindowConfig | None = None) -> tuple[UserRecord, bytes]:
+    """:func:`decode`, and the windows' own encoding for a later :func:`encode`.
+
+    >>> from stream_app.windows import AppEvent, WindowConfig, apply_event
+    >>> win, _ = apply_event(None, AppEvent("e", "u", "login", 0.0), WindowConfig.social_app())
+    >>> blob = encode(UserRecord(win))
+    >>> record, win_bytes = decode_parts(blob, WindowConfig.social_app())
+    >>> encode(record, win_bytes) == encode(record) == blob
+    True
+    """
     if not data or data[0] != _VERSION:
         raise ValueError("unknown user record encoding")
     parts: list[bytes] = []
@@ -105,10 +123,11 @@ def decode(data: bytes, cfg: windows.WindowConfig | None = None) -> UserRecord:
         parts.append(data[pos + 2 : pos + 2 + size])
         pos += 2 + size
     hist = tuple(HistoryItem(level, at) for level, at in _ITEM.iter_unpack(parts[3]))
-    return UserRecord(
+    record = UserRecord(
         windows.decode(parts[0], cfg),
         WarningState.from_bytes(parts[1]),
         TierState.from_bytes(parts[2]),
         hist,
         _TIME.unpack(parts[4])[0],
     )
+    return record, parts[0]

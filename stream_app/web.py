@@ -38,7 +38,11 @@ def register(
         async def get(self, request: Request) -> Response:
             ok = processor.healthy and await processor.store_ok()
             processor.metrics.worker_healthy.set(1 if ok else 0)
-            body = {"healthy": ok, "partitions": sorted(f"{t}:{p}" for t, p in processor.owned)}
+            body = {
+                "healthy": ok,
+                "partitions": sorted(f"{t}:{p}" for t, p in processor.owned),
+                "assigned": _assigned(app),
+            }
             return self.json(body, status=200 if ok else 503)
 
     @app.page("/users/{user_id}")
@@ -62,3 +66,11 @@ def register(
                 return self.json({"error": "unauthorised"}, status=401)
             removed = await processor.forget(user_id)
             return self.json({"user_id": user_id, "keys_removed": removed})
+
+
+def _assigned(app: faust.App) -> list[str]:
+    """The partitions the consumer group gave this worker (empty before it joined)."""
+    try:
+        return sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
+    except Exception:  # not started yet, or stopping
+        return []

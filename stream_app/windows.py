@@ -379,11 +379,10 @@ class UserWindows:
         if bounds is not None:
             spans.append(bounds)
         quanta, dim_last = self.cfg._plan.quanta, self.dim_last
+        idxs = [self._idx(dim) for dim in dims]
         out = []
-        for dim in dims:
-            idx = self._idx(dim)
+        for idx, sums in zip(idxs, self._spans_many(idxs, spans), strict=True):
             q = quanta[idx]
-            sums = self._spans(idx, spans)
             for span, total in zip(spans[len(days) :], sums[len(days) :], strict=True):
                 memo[(idx, *span)] = total
             drop = None
@@ -398,16 +397,39 @@ class UserWindows:
             )
         return out
 
-    def _spans(self, idx: int, spans: list[tuple[int, int]]) -> list[float]:
-        """Raw totals of dimension ``idx`` over each ``(lo, hi)`` day span (see :meth:`_raw`)."""
-        daily = self.daily
-        if self.weekly:
-            return [self._weekly_add(self._daily_sum(idx, lo, hi), idx, lo, hi) for lo, hi in spans]
-        if len(daily) == 1:
-            d, values = daily[0]
-            v = 0.0 + values[idx]
-            return [v if lo <= d <= hi else 0.0 for lo, hi in spans]
-        return [self._daily_sum(idx, lo, hi) for lo, hi in spans]
+    def _spans_many(self, idxs: list[int], spans: list[tuple[int, int]]) -> list[list[float]]:
+        """:meth:`_spans` of every dimension in ``idxs`` in one pass over the buckets.
+
+        Each total is accumulated in the same bucket order as :meth:`_raw` (daily, then
+        weekly, ascending); skipping zero amounts changes no sum, so the figures are
+        bit-identical to the single look-ups'.
+        """
+        n = len(spans)
+        totals = [[0.0] * n for _ in idxs]
+        rows = list(zip(totals, idxs, strict=True))
+        for d, values in self.daily:
+            hit = [k for k in range(n) if spans[k][0] <= d <= spans[k][1]]
+            if not hit:
+                continue
+            for row, idx in rows:
+                v = values[idx]
+                if v:
+                    for k in hit:
+                        row[k] += v
+        for week, bits, values in self.weekly:
+            count = bits.bit_count()
+            for k in range(n):
+                lo, hi = spans[k]
+                inside = bits & _mask(week, lo, hi)
+                if not inside:
+                    continue
+                full = inside == bits
+                share = inside.bit_count()
+                for row, idx in rows:
+                    v = values[idx]
+                    if v:
+                        row[k] += v if full else v * share / count
+        return totals
 
     def _daily_sum(self, idx: int, lo: int, hi: int) -> float:
         total = 0.0
@@ -586,8 +608,10 @@ class WindowsBuilder:
         self.last_ms: int | None = None
         self.first_ms = self.offset_s = self.max_day = 0
         self.dim_last: list[int | None] = [None] * n
-        self.daily: dict[int, list[int]] = {}
-        self.weekly: dict[int, tuple[list[int], list[int]]] = {}
+        # Buckets loaded from a state stay its tuples until an event writes to them (copy on
+        # write): an event touches one bucket, and freezing reuses the others as they are.
+        self.daily: dict[int, list[int] | tuple[int, ...]] = {}
+        self.weekly: dict[int, tuple[list[int], list[int]] | tuple[int, tuple[int, ...]]] = {}
         self.ids: dict[bytes, int] = {}
         self.kmv: list[int] = []
         self.life: list[int] = [0] * n
@@ -605,8 +629,8 @@ class WindowsBuilder:
             s.max_day,
         )
         self.dim_last = list(s.dim_last)
-        self.daily = {d: list(v) for d, v in s.daily}
-        self.weekly = {w: ([bits], list(v)) for w, bits, v in s.weekly}
+        self.daily = dict(s.daily)
+        self.weekly = {w: (bits, v) for w, bits, v in s.weekly}
         self.ids = {h: sec for sec, h in s.recent}
         self.kmv = list(s.counterparts)
         self.life = list(s.life_totals) if s.life_totals else [0] * n
@@ -677,14 +701,19 @@ class WindowsBuilder:
             return values is None or values[0] == 0
         week = _week(day)
         slot = self.weekly.get(week)
-        return slot is None or not slot[0][0] >> (day - 7 * week + 3) & 1
+        if slot is None:
+            return True
+        bits = slot[0] if isinstance(slot[0], int) else slot[0][0]
+        return not bits >> (day - 7 * week + 3) & 1
 
     def _bucket(self, day: int) -> list[int] | None:
         if day > self.max_day - self.cfg.daily_days:
             values = self.daily.get(day)
             if values is None:
                 values = self.daily[day] = [0] * len(self._plan.names)
-            return values
+            elif values.__class__ is tuple:
+                values = self.daily[day] = list(values)
+            return values  # type: ignore[return-value]
         return self._week_bucket(day)
 
     def _week_bucket(self, day: int) -> list[int] | None:
@@ -694,8 +723,12 @@ class WindowsBuilder:
         slot = self.weekly.get(week)
         if slot is None:
             slot = self.weekly[week] = ([0], [0] * len(self._plan.names))
-        slot[0][0] |= 1 << (day - 7 * week + 3)
-        return slot[1]
+        elif isinstance(slot[0], int):
+            slot = self.weekly[week] = ([slot[0]], list(slot[1]))
+        bits, values = slot
+        assert isinstance(bits, list) and isinstance(values, list)
+        bits[0] |= 1 << (day - 7 * week + 3)
+        return values
 
     def _advance(self, day: int) -> None:
         self.max_day = day
@@ -739,8 +772,13 @@ class WindowsBuilder:
             offset_s=self.offset_s,
             max_day=self.max_day,
             dim_last=tuple(dim_last),
-            daily=tuple((d, tuple(v)) for d, v in sorted(self.daily.items())),
-            weekly=tuple((w, b[0], tuple(v)) for w, (b, v) in sorted(self.weekly.items())),
+            daily=tuple(
+                (d, v if v.__class__ is tuple else tuple(v)) for d, v in sorted(self.daily.items())
+            ),
+            weekly=tuple(
+                (w, b, v) if isinstance(b, int) else (w, b[0], tuple(v))  # type: ignore[misc]
+                for w, (b, v) in sorted(self.weekly.items())
+            ),
             recent=tuple(recent),
             counterparts=tuple(self.kmv),
             life_totals=tuple(self.life),

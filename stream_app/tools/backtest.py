@@ -115,6 +115,7 @@ def backtest(
     *,
     input_format: str | None = None,
     horizon_days: float = 90.0,
+    workers: int | None = None,
     out: Any = None,
 ) -> tuple[dict[str, Any], list[tuple[float, float]]]:
     """Run the whole backtest on the embedded stack; return the result and the ROC curve."""
@@ -124,6 +125,7 @@ def backtest(
     settings = session.run_settings(
         base,
         app_id=f"backtest-{token}",
+        sampling_salt="backtest",  # fixed, unlike the app id: every run scores the same
         key_prefix=f"backtest-{token}:",
         topic_events=f"backtest-{token}.app.events",
         topic_dlq=f"backtest-{token}.app.events.dlq",
@@ -136,10 +138,25 @@ def backtest(
     )
     cut, end = day_end(cutoff), day_end(holdout_end)
     run_dir = settings.embedded_run_dir
+    phases: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[name] = round(now - mark, 2)
+        mark = now
+
     with (
         session.running_stack(settings),
-        session.running_worker(settings, run_dir / f"worker-{token}.log"),
+        session.running_workers(
+            settings,
+            workers or session.default_workers(settings.partitions),
+            run_dir,
+            f"worker-{token}",
+        ),
     ):
+        phase("start_s")
         summary = run_replay(
             path,
             settings.topic_events,
@@ -149,14 +166,19 @@ def backtest(
             out=out,
             settings=settings,
         )
+        phase("replay_s")
         session.wait_drained(settings, settings.topic_events, summary.sent, out=out)
+        phase("drain_s")
         scores = asyncio.run(score_known_users(settings, cut))
+        phase("score_s")
         asyncio.run(_cleanup(settings))
+    phase("stop_s")
     loaded = load_events(path, input_format)  # type: ignore[arg-type]
     labels, last = holdout_labels(loaded.events, cut, end)
     result = summarise(scores, labels, last, cut)
     users = sorted(labels)
     curve = roc_curve([labels[u] for u in users], [scores.get(u, 0.5) for u in users])
+    phase("summary_s")
     result.update(
         data=str(path),
         cutoff=cutoff,
@@ -165,6 +187,7 @@ def backtest(
         events_replayed=summary.sent,
         replay_rate=summary.rate,
         elapsed_s=round(time.monotonic() - started, 2),
+        phases_s=phases,
     )
     return result, curve
 
@@ -212,6 +235,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json-out", type=Path, help="write the result as JSON here")
     parser.add_argument(
+        "--workers",
+        type=session.positive_int,
+        help="worker processes sharing the partitions (default: one per CPU, at most one "
+        "per partition); the scores do not depend on it",
+    )
+    parser.add_argument(
         "--report-dir",
         type=Path,
         default=Path("out/backtest"),
@@ -227,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         args.holdout_end,
         input_format=args.input_format,
         horizon_days=args.horizon_days,
+        workers=args.workers,
         out=sys.stderr,
     )
     write_outputs(result, curve, args.report_dir)

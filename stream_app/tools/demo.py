@@ -106,12 +106,15 @@ def check_schemas(records: list[Record], most: int = 2000) -> int:
     return len(sample)
 
 
-def demo(path: str, cutoff: str, holdout_end: str, out_dir: Path) -> dict[str, Any]:
+def demo(
+    path: str, cutoff: str, holdout_end: str, out_dir: Path, workers: int | None = None
+) -> dict[str, Any]:
     """Run the whole demo; return the machine-readable summary."""
     err = sys.stderr
     token = uuid.uuid4().hex[:8]
     settings = session.run_settings(
         key_prefix=f"demo-{token}:",
+        sampling_salt="backtest",  # the backtest's: the demo's scores at the cutoff equal it
         profile="purchases",
         churn_horizon_days=90.0,
         clock="event",
@@ -120,7 +123,12 @@ def demo(path: str, cutoff: str, holdout_end: str, out_dir: Path) -> dict[str, A
     cut, end = day_end(cutoff), day_end(holdout_end)
     with (
         session.running_stack(settings),
-        session.running_worker(settings, settings.embedded_run_dir / f"demo-worker-{token}.log"),
+        session.running_workers(
+            settings,
+            workers or session.default_workers(settings.partitions),
+            settings.embedded_run_dir,
+            f"demo-worker-{token}",
+        ),
     ):
         print(f"== replaying {path} up to the cutoff {cutoff}", file=err)
         first = run_replay(
@@ -242,11 +250,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--holdout-end", default="1998-06-30")
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     parser.add_argument("--json-out", type=Path, help="also write the summary as JSON")
+    parser.add_argument(
+        "--workers",
+        type=session.positive_int,
+        help="worker processes (default: one per CPU, at most one per partition)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print its summary."""
-    result = demo(args.path, args.cutoff, args.holdout_end, args.out)
+    result = demo(args.path, args.cutoff, args.holdout_end, args.out, args.workers)
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(result, indent=2, default=str) + "\n")

@@ -8,7 +8,10 @@ the worker has committed every offset of the input topic, and stops exactly what
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -71,6 +74,83 @@ def running_worker(settings: Settings, log_path: Path, timeout: float = 120.0) -
         yield url
     finally:
         stack.stop_pid(proc.pid, timeout=30)
+
+
+@contextmanager
+def running_workers(
+    settings: Settings, count: int, log_dir: Path, name: str, timeout: float = 120.0
+) -> Iterator[list[str]]:
+    """Start ``count`` workers of one consumer group and wait until the group has settled.
+
+    The first worker uses ``settings.web_port``, the others free ports; logs go to
+    ``log_dir/<name>-<i>.log``. With several workers the wait lasts until every one of them
+    reports a share of the events topic's partitions on ``/health`` and together they hold
+    each partition once, so what is replayed next is not handed around by a rebalance.
+    Yields the workers' web URLs; stops them all by PID.
+    """
+    with contextlib.ExitStack() as workers:
+        urls = []
+        for i in range(count):
+            port = settings.web_port if i == 0 else _free_port()
+            urls.append(
+                workers.enter_context(
+                    running_worker(
+                        settings.model_copy(update={"web_port": port}),
+                        log_dir / f"{name}-{i}.log",
+                        timeout,
+                    )
+                )
+            )
+        if count > 1:
+            _wait_settled(
+                urls,
+                settings.topic_events,
+                len(partitions_of(settings, settings.topic_events)),
+                timeout,
+            )
+        yield urls
+
+
+def _wait_settled(urls: list[str], topic: str, partitions: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shares = []
+        for url in urls:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
+                    body = json.load(resp)
+            except (OSError, ValueError):
+                body = {}
+            shares.append([a for a in body.get("assigned", []) if a.rsplit(":", 1)[0] == topic])
+        held = [a for share in shares for a in share]
+        if all(shares) and len(held) == len(set(held)) == partitions:
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"workers did not share the {partitions} partitions of {topic} in time")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def default_workers(partitions: int) -> int:
+    """Workers a tool starts by default: one per CPU, at most one per partition."""
+    return max(1, min(os.cpu_count() or 1, partitions))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float) -> None:

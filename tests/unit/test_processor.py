@@ -116,3 +116,29 @@ def test_live_sweep_ages_a_silent_stream() -> None:
         (2, "2026-03-06T10:00:00.000Z")
     ]
     assert asyncio.run(store.load_partition("app.events", 0)).offset == 0  # type: ignore[union-attr]
+
+
+def test_the_write_through_cache_commits_what_a_fresh_encoding_gives() -> None:
+    """Users rescored at a deadline keep their windows; the commit reuses the windows'
+    cached encoding, and what lands in the store must equal a fresh encoding."""
+    from stream_app import userrecord, windows
+
+    store = MemoryWindowStore()
+    proc, sent = processor(store)
+    users = ["alice", "bob", "carol"]
+
+    async def run() -> None:
+        await proc.handle([msg(0, "alice", 1), msg(1, "bob", 1), msg(2, "carol", 3)])
+        await proc.handle([msg(3, "alice", 5)])  # new windows: their encoding must be new
+        before = len(sent)
+        await proc.sweep(1767607200.0 + 95 * 86400)  # past the 60- and 90-day deadlines
+        assert len(sent) > before  # the ticks really changed the records
+
+    asyncio.run(run())
+    cache = proc.owned[("app.events", 0)].cache
+    cfg = proc.core.windows
+    for user, blob in asyncio.run(store.load_users(users)).items():
+        record = userrecord.decode(blob, cfg)
+        assert blob == userrecord.encode(record)
+        assert cache[user][0] == record
+        assert cache[user][1] == windows.encode(record.windows)

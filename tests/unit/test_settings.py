@@ -81,3 +81,30 @@ def test_secrets_do_not_show_in_repr() -> None:
 def test_readme_shows_the_subscriber_example_that_the_tests_run() -> None:
     example = (ROOT / "examples" / "subscriber.py").read_text().rstrip("\n")
     assert example in (ROOT / "README.md").read_text()
+
+
+def test_sampling_salt_decouples_the_stable_hashes_from_the_app_id() -> None:
+    from stream_app.core import build_core
+    from stream_app.model.labels import LabelBook
+
+    default = build_core(load_settings(app_id="run-1"))
+    assert (default.holdout_salt, default.labels.salt) == ("run-1", "run-1")
+    fixed = [build_core(load_settings(app_id=a, sampling_salt="s")) for a in ("run-1", "run-2")]
+    assert {(c.holdout_salt, c.labels.salt) for c in fixed} == {("s", "s")}
+    # The salt really picks the snapshots: two salts keep different (user, day) samples.
+    keep = [
+        [LabelBook(c.labels).would_keep(f"u{i}", 0.0) for i in range(200)]
+        for c in (default, fixed[0])
+    ]
+    assert keep[0] != keep[1]
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "two"])
+def test_worker_count_options_refuse_what_is_not_a_positive_integer(text: str) -> None:
+    import argparse
+
+    from stream_app.tools.session import positive_int
+
+    assert positive_int("3") == 3
+    with pytest.raises(argparse.ArgumentTypeError):
+        positive_int(text)
