@@ -100,8 +100,32 @@ class PartitionEngine:
         if until is not None:
             horizon = max(horizon, until)
         needed = {e.user_id for e in events}
-        needed.update(u for t, u in self._heap if t <= horizon and self._due.get(u) == t)
+        needed.update(self._due_by(horizon))
         return needed
+
+    def _due_by(self, horizon: float) -> list[str]:
+        """Users whose current deadline is at or before ``horizon``.
+
+        Walks only the top of the heap (a child is never earlier than its parent), so a
+        batch costs what its deadlines cost, not the size of the partition.
+        """
+        heap, due = self._heap, self._due
+        size = len(heap)
+        found: list[str] = []
+        stack = [0] if size else []
+        while stack:
+            i = stack.pop()
+            t, user = heap[i]
+            if t > horizon:
+                continue
+            if due.get(user) == t:
+                found.append(user)
+            left = 2 * i + 1
+            if left < size:
+                stack.append(left)
+                if left + 1 < size:
+                    stack.append(left + 1)
+        return found
 
     def process(
         self,

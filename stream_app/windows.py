@@ -30,9 +30,11 @@ True
 
 from __future__ import annotations
 
+import bisect
 import enum
 import functools
 import hashlib
+import heapq
 import math
 import re
 import zlib
@@ -591,6 +593,8 @@ class WindowsBuilder:
         "dim_last",
         "first_ms",
         "ids",
+        "ids_added",
+        "ids_base",
         "kmv",
         "last_ms",
         "life",
@@ -613,6 +617,10 @@ class WindowsBuilder:
         self.daily: dict[int, list[int] | tuple[int, ...]] = {}
         self.weekly: dict[int, tuple[list[int], list[int]] | tuple[int, tuple[int, ...]]] = {}
         self.ids: dict[bytes, int] = {}
+        # ``ids`` as the sorted ``(second, hash)`` pairs of the loaded state plus those added
+        # since, so freezing merges a few new pairs instead of sorting them all.
+        self.ids_base: tuple[tuple[int, bytes], ...] = ()
+        self.ids_added: list[tuple[int, bytes]] = []
         self.kmv: list[int] = []
         self.life: list[int] = [0] * n
         self.life_days = 0
@@ -632,6 +640,7 @@ class WindowsBuilder:
         self.daily = dict(s.daily)
         self.weekly = {w: (bits, v) for w, bits, v in s.weekly}
         self.ids = {h: sec for sec, h in s.recent}
+        self.ids_base = s.recent
         self.kmv = list(s.counterparts)
         self.life = list(s.life_totals) if s.life_totals else [0] * n
         self.life_days = s.life_days
@@ -646,6 +655,7 @@ class WindowsBuilder:
         if h in self.ids:
             return Outcome.DUPLICATE
         self.ids[h] = t_ms // 1000
+        self.ids_added.append((t_ms // 1000, h))
         off = ev.utc_offset_s or 0
         day = (t_ms + off * 1000) // _DAY_MS
         if last is None:
@@ -762,7 +772,11 @@ class WindowsBuilder:
         if self.last_ms is None:
             raise ValueError("no event applied yet")
         floor_s = self.last_ms // 1000 - self.cfg.lateness_s
-        recent = sorted((s, h) for h, s in self.ids.items() if s >= floor_s)
+        base = self.ids_base
+        recent = base[bisect.bisect_left(base, (floor_s,)) :]
+        if self.ids_added:
+            added = sorted(pair for pair in self.ids_added if pair[0] >= floor_s)
+            recent = tuple(heapq.merge(recent, added))
         dim_last = list(self.dim_last)
         dim_last[0] = self.last_ms
         return UserWindows(

@@ -6,10 +6,12 @@ from collections import Counter
 from functools import cache
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_app import userrecord
 from stream_app.core import Core, build_core
-from stream_app.engine import Output, PartitionEngine
+from stream_app.engine import BatchResult, Output, PartitionEngine
 from stream_app.records import AppEvent, decode_event
 from stream_app.settings import load_settings
 from stream_app.tools.replay import encode
@@ -66,3 +68,22 @@ def test_populations_match_a_recount_of_the_records() -> None:
             counted[f"value:{tiers.value_segment}"] += 1
     assert engine.populations() == dict(counted)
     assert sum(v for k, v in counted.items() if k.startswith("lifecycle:")) == len(store)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([f"u{i}" for i in range(30)]), st.integers(0, 50)),
+        max_size=200,
+    ),
+    st.integers(-1, 51),
+)
+@settings(max_examples=200, deadline=None)
+def test_due_users_walk_equals_a_full_scan(updates: list[tuple[str, int]], horizon: int) -> None:
+    """Rescheduled users leave stale heap entries; only current deadlines count."""
+    engine = PartitionEngine(core())
+    result = BatchResult()
+    for user, t in updates:
+        engine._set_due(user, float(t) if t % 7 else None, result)  # some deadlines cleared
+    scan = {u for t, u in engine._heap if t <= horizon and engine._due.get(u) == t}
+    assert set(engine._due_by(float(horizon))) == scan
+    assert engine.users_needed((), float(horizon)) == scan
