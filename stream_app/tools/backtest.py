@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -147,17 +148,11 @@ def backtest(
         phases[name] = round(now - mark, 2)
         mark = now
 
-    with (
-        session.running_stack(settings),
-        session.running_workers(
-            settings,
-            workers or session.default_workers(settings.partitions),
-            run_dir,
-            f"worker-{token}",
-        ),
-    ):
-        phase("start_s")
-        summary = run_replay(
+    with session.running_stack(settings), ThreadPoolExecutor(1) as pool:
+        phase("stack_s")
+        # The replay only needs the broker: it runs while the workers start and join.
+        replay = pool.submit(
+            run_replay,
             path,
             settings.topic_events,
             settings.kafka_bootstrap,
@@ -166,11 +161,18 @@ def backtest(
             out=out,
             settings=settings,
         )
-        phase("replay_s")
-        session.wait_drained(settings, settings.topic_events, summary.sent, out=out)
-        phase("drain_s")
-        scores = asyncio.run(score_known_users(settings, cut))
-        phase("score_s")
+        with session.running_workers(
+            settings,
+            workers or session.default_workers(settings.partitions),
+            run_dir,
+            f"worker-{token}",
+        ):
+            summary = replay.result()
+            phase("workers_and_replay_s")
+            session.wait_drained(settings, settings.topic_events, summary.sent, out=out)
+            phase("drain_s")
+            scores = asyncio.run(score_known_users(settings, cut))
+            phase("score_s")
         asyncio.run(_cleanup(settings))
     phase("stop_s")
     loaded = load_events(path, input_format)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -56,8 +57,11 @@ def running_stack(settings: Settings) -> Iterator[stack.Stack]:
 
 
 @contextmanager
-def running_worker(settings: Settings, log_path: Path, timeout: float = 120.0) -> Iterator[str]:
-    """Start ``stream-app worker`` with these settings; yield its web URL; stop it by PID."""
+def _worker_process(
+    settings: Settings, log_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """Start ``stream-app worker`` with these settings; yield it and its web URL; stop it
+    by PID."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings_env(settings)}
     with log_path.open("ab") as out:
@@ -68,10 +72,8 @@ def running_worker(settings: Settings, log_path: Path, timeout: float = 120.0) -
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    url = f"http://{settings.web_host}:{settings.web_port}"
     try:
-        _wait_healthy(proc, url, log_path, timeout)
-        yield url
+        yield proc, f"http://{settings.web_host}:{settings.web_port}"
     finally:
         stack.stop_pid(proc.pid, timeout=30)
 
@@ -83,24 +85,28 @@ def running_workers(
     """Start ``count`` workers of one consumer group and wait until the group has settled.
 
     The first worker uses ``settings.web_port``, the others free ports; logs go to
-    ``log_dir/<name>-<i>.log``. With several workers the wait lasts until every one of them
-    reports a share of the events topic's partitions on ``/health`` and together they hold
-    each partition once, so what is replayed next is not handed around by a rebalance.
-    Yields the workers' web URLs; stops them all by PID.
+    ``log_dir/<name>-<i>.log``. All start at once; with several, the wait lasts until every
+    one of them reports a share of the events topic's partitions on ``/health`` and together
+    they hold each partition once. Yields the workers' web URLs; stops them all by PID.
     """
     with contextlib.ExitStack() as workers:
-        urls = []
-        for i in range(count):
-            port = settings.web_port if i == 0 else _free_port()
-            urls.append(
-                workers.enter_context(
-                    running_worker(
-                        settings.model_copy(update={"web_port": port}),
-                        log_dir / f"{name}-{i}.log",
-                        timeout,
-                    )
+        procs = [
+            workers.enter_context(
+                _worker_process(
+                    settings.model_copy(
+                        update={"web_port": settings.web_port if i == 0 else _free_port()}
+                    ),
+                    log_dir / f"{name}-{i}.log",
                 )
             )
+            for i in range(count)
+        ]
+        # Unwound first (last in): every worker is asked to stop at once; each is then
+        # awaited (and killed if it hangs) by its own context, not one after the other.
+        workers.callback(_signal_all, [proc.pid for proc, _ in procs])
+        for i, (proc, url) in enumerate(procs):
+            _wait_healthy(proc, url, log_dir / f"{name}-{i}.log", timeout)
+        urls = [url for _, url in procs]
         if count > 1:
             _wait_settled(
                 urls,
@@ -109,6 +115,12 @@ def running_workers(
                 timeout,
             )
         yield urls
+
+
+def _signal_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
 
 
 def _wait_settled(urls: list[str], topic: str, partitions: int, timeout: float) -> None:
