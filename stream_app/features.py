@@ -185,7 +185,7 @@ def features(view: ActivityView, now: float, cfg: FeatureConfig) -> dict[str, fl
     x: dict[str, float] = {}
     known = view.dimensions()
     layout = _layout(cfg)
-    rows = _trailing(view, [dim for dim, *_ in layout if dim in known], cfg.horizons, now)
+    rows = _trailing(view, _present(cfg, known), cfg.horizons, now)
     for dim, names, recency_name, trend_name in layout:
         if dim not in known:
             for name in names:
@@ -272,6 +272,19 @@ def _trailing(
             for dim in dims
         ]
     )
+
+
+_PRESENT: dict[tuple[int, tuple[str, ...]], tuple[FeatureConfig, list[str]]] = {}
+
+
+def _present(cfg: FeatureConfig, known: tuple[str, ...]) -> list[str]:
+    """The dimensions of ``cfg`` that a view knows, in ``cfg`` order (cached per config and
+    per the view's dimension tuple; a read-only list, as :func:`_layout`'s entries)."""
+    key = (id(cfg), known)
+    entry = _PRESENT.get(key)
+    if entry is None or entry[0] is not cfg:
+        entry = _PRESENT[key] = (cfg, [dim for dim in cfg.dims if dim in known])
+    return entry[1]
 
 
 _DimLayout = tuple[str, tuple[str, ...], str, str]
