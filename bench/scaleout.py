@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.throughput import (
     bench_stack,
     common_arguments,
-    fill_topic,
     machine,
+    prefilled_topic,
     run_worker_phase,
-    simulate_events,
     terminate_on_sigterm,
     workdir,
 )
@@ -55,9 +53,7 @@ def main() -> None:
     terminate_on_sigterm()
     result: dict[str, Any] = {"benchmark": "scaleout", "machine": machine()}
     with workdir(args.keep) as work, bench_stack(work, args.partitions, clock="event") as base:
-        path = simulate_events(work, args.events, args.seed)
-        topic = f"bench-{uuid.uuid4().hex[:6]}.app.events"
-        result["produce"] = fill_topic(base, path, topic, args.events)
+        topic, result["produce"] = prefilled_topic(base, work, args.events, args.seed)
         for workers, name in ((1, "one_worker"), (2, "two_workers")):
             result[name] = run_worker_phase(
                 base,

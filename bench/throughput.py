@@ -155,6 +155,16 @@ def simulate_events(work: Path, events: int, seed: int = 7) -> Path:
     return path
 
 
+def prefilled_topic(
+    base: Settings, work: Path, events: int, seed: int
+) -> tuple[str, dict[str, Any]]:
+    """A fresh events topic holding the first ``events`` simulated events; its name and the
+    replay's figures."""
+    path = simulate_events(work, events, seed)
+    topic = f"bench-{uuid.uuid4().hex[:6]}.app.events"
+    return topic, fill_topic(base, path, topic, events)
+
+
 def fill_topic(settings: Settings, path: Path, topic: str, events: int) -> dict[str, Any]:
     """Create ``topic`` and replay the first ``events`` events of ``path`` into it."""
     stack.create_topics(settings, [topic])
@@ -432,9 +442,7 @@ def main() -> None:
     terminate_on_sigterm()
     result: dict[str, Any] = {"benchmark": "throughput", "machine": machine()}
     with workdir(args.keep) as work, bench_stack(work, args.partitions, clock="event") as base:
-        path = simulate_events(work, args.events, args.seed)
-        topic = f"bench-{uuid.uuid4().hex[:6]}.app.events"
-        result["produce"] = fill_topic(base, path, topic, args.events)
+        topic, result["produce"] = prefilled_topic(base, work, args.events, args.seed)
         result["passthrough"] = run_passthrough_phase(
             base, topic, args.events, work, poll=args.poll, timeout=args.timeout
         )

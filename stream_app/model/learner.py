@@ -156,6 +156,7 @@ class ChurnScorer:
         self.switches = 0
         self.drifts = 0
         self._class_counts = [0, 0]
+        self._learned_ckpt: tuple[tuple[int, str, int, int], bytes] | None = None
 
     @property
     def version(self) -> str:
@@ -254,6 +255,7 @@ class ChurnScorer:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.on_switch = None
+        self._learned_ckpt = None
 
     def _learned_key(self) -> tuple[int, str, int, int]:
         """Changes whenever anything but the rank sketch may have changed: only
@@ -275,9 +277,7 @@ class ChurnScorer:
         compressed, once per change, so the partition snapshot needs no compression.
         """
         key = self._learned_key()
-        cached: tuple[tuple[int, str, int, int], bytes] | None = getattr(
-            self, "_learned_ckpt", None
-        )
+        cached = self._learned_ckpt
         if cached is None or cached[0] != key:
             learned = self.__getstate__()
             del learned["ranks"]

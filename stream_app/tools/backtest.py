@@ -135,7 +135,7 @@ def backtest(
         profile="purchases",
         churn_horizon_days=horizon_days,
         clock="event",
-        web_port=session_free_port(),
+        web_port=session.free_port(),
     )
     cut, end = day_end(cutoff), day_end(holdout_end)
     run_dir = settings.embedded_run_dir
@@ -210,15 +210,6 @@ async def _cleanup(settings: Settings) -> None:
             await client.delete(*batch)
     finally:
         await client.aclose()
-
-
-def session_free_port() -> int:
-    """A free loopback port for this run's worker."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from stream_app.admin import score_known_users
 from stream_app.records import validator
 from stream_app.tools import session
-from stream_app.tools.backtest import day_end, holdout_labels, session_free_port, summarise
+from stream_app.tools.backtest import day_end, holdout_labels, summarise
 from stream_app.tools.evaluate import evaluate, labels_from_events
 from stream_app.tools.replay import run_replay
 from stream_app.tools.report import write_report
@@ -118,7 +118,7 @@ def demo(
         profile="purchases",
         churn_horizon_days=90.0,
         clock="event",
-        web_port=session_free_port(),
+        web_port=session.free_port(),
     )
     cut, end = day_end(cutoff), day_end(holdout_end)
     with (

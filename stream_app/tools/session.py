@@ -7,6 +7,7 @@ the worker has committed every offset of the input topic, and stops exactly what
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -94,7 +95,7 @@ def running_workers(
             workers.enter_context(
                 _worker_process(
                     settings.model_copy(
-                        update={"web_port": settings.web_port if i == 0 else _free_port()}
+                        update={"web_port": settings.web_port if i == 0 else free_port()}
                     ),
                     log_dir / f"{name}-{i}.log",
                 )
@@ -143,8 +144,6 @@ def _wait_settled(urls: list[str], topic: str, partitions: int, timeout: float) 
 
 def positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1."""
-    import argparse
-
     try:
         value = int(text)
     except ValueError:
@@ -159,7 +158,8 @@ def default_workers(partitions: int) -> int:
     return max(1, min(os.cpu_count() or 1, partitions))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free loopback port (for a tool's worker web port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
