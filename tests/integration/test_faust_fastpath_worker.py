@@ -90,12 +90,17 @@ def test_a_running_worker_drains_with_the_fast_path_unless_turned_off(
 
 
 def owned(worker: Any) -> set[str]:
-    """The partitions a worker's /health says it owns."""
+    """The events-topic partitions the group has assigned to a worker (its /health).
+
+    The assignment, not the partitions the worker has processed a batch of: a partition it
+    was just given shows in the latter only once its first batch has run.
+    """
     import json
 
     status, body = http_get(f"{worker.web_url}/health")
     assert status == 200, body
-    return set(json.loads(body)["partitions"])
+    topic = settings_of(worker.settings_env).topic_events
+    return {tp for tp in json.loads(body)["assigned"] if tp.rsplit(":", 1)[0] == topic}
 
 
 def wait_owned(condition: Callable[[], object], timeout: float = 90.0) -> None:
