@@ -47,6 +47,7 @@ ID_FIELDS = {"warning": "warning_id", "recovered": "recovery_id", "tier": "chang
 ROLES = {"warning": "warnings", "recovered": "warnings", "tier": "tiers"}
 
 Send = Callable[[OutRecord], Awaitable[Awaitable[Any]]]
+Publish = Callable[[Sequence[OutRecord]], Awaitable[None]]
 
 TRANSIENT: tuple[type[BaseException], ...] = (
     ConnectionError,
@@ -94,13 +95,23 @@ class Processor:
     """Owns the engines of the partitions assigned to this worker."""
 
     def __init__(
-        self, settings: Settings, core: Core, store: WindowStore, metrics: Metrics, send: Send
+        self,
+        settings: Settings,
+        core: Core,
+        store: WindowStore,
+        metrics: Metrics,
+        send: Send,
+        publish: Publish | None = None,
     ) -> None:
+        """``send`` hands one record to the producer and returns its delivery future;
+        ``publish``, when given, sends a whole list and waits for its delivery (the worker
+        passes :class:`stream_app.publish.BatchPublisher`), and ``send`` is not used."""
         self.settings = settings
         self.core = core
         self.store = store
         self.metrics = metrics
         self.send = send
+        self.publish = publish
         self.owned: dict[tuple[str, int], _Owned] = {}
         self.healthy = True
         self._ttl_s = 0  # silent users expire in event time (engine deadlines), not by clock
@@ -300,6 +311,9 @@ class Processor:
         ]
 
     async def _publish(self, out: Sequence[OutRecord]) -> None:
+        if self.publish is not None:
+            await self.publish(out)
+            return
         pending = [await self.send(r) for r in out]
         if pending:
             await asyncio.gather(*pending)
@@ -400,19 +414,31 @@ class Processor:
         m.events_duplicate.inc(r.duplicates)
         m.watermark.labels(partition=str(partition)).set(max(engine.watermark, 0.0))
         now = time.time()
+        # Labelled children are looked up once per distinct label set and batch (a look-up
+        # costs microseconds, and a backlog publishes several records per event).
+        warned: Counter[str] = Counter()
+        recovered: Counter[str] = Counter()
+        migrated: Counter[tuple[str, str, str]] = Counter()
+        latency = m.warning_latency.observe
         for o in r.outputs:
+            payload = o.payload
             if o.role == "warning":
-                m.warnings_emitted.labels(level=str(o.payload["level_name"])).inc()
-                occurred = rec.parse_time(str(o.payload["event_time"]))
-                m.warning_latency.observe(max(0.0, now - occurred))
+                warned[str(payload["level_name"])] += 1
+                latency(max(0.0, now - rec.parse_time(str(payload["event_time"]))))
             elif o.role == "recovered":
-                previous = LEVEL_NAMES.get(int(o.payload["previous_level"]), "none")
-                m.recoveries.labels(from_level=previous).inc()
+                recovered[LEVEL_NAMES.get(int(payload["previous_level"]), "none")] += 1
             else:
-                self._observe_tier(o.payload)
-        scorer = engine.state.scorer
-        for p in r.scores:
-            m.churn_probability.labels(scorer=scorer.source).observe(p)
+                migrated[_migration(payload)] += 1
+        for level, count in warned.items():
+            m.warnings_emitted.labels(level=level).inc(count)
+        for previous, count in recovered.items():
+            m.recoveries.labels(from_level=previous).inc(count)
+        for (dim, before, after), count in migrated.items():
+            m.tier_migrations.labels(dimension=dim, from_tier=before, to_tier=after).inc(count)
+        if r.scores:
+            observe = m.churn_probability.labels(scorer=engine.state.scorer.source).observe
+            for p in r.scores:
+                observe(p)
         self._observe_model(partition, engine, r)
         if any(o.role == "tier" for o in r.outputs):
             self._observe_populations()
@@ -523,12 +549,10 @@ class Processor:
             self.metrics.tier_users.labels(dimension=dim, tier=tier).set(n)
         self._population_keys = set(totals)
 
-    def _observe_tier(self, change: dict[str, Any]) -> None:
-        m = self.metrics
-        dim = str(change["dimension"])
-        m.tier_migrations.labels(
-            dimension=dim, from_tier=str(change["from"] or "none"), to_tier=str(change["to"])
-        ).inc()
+
+def _migration(change: dict[str, Any]) -> tuple[str, str, str]:
+    """The ``tier_migrations`` labels of a tier change: dimension, from, to."""
+    return str(change["dimension"]), str(change["from"] or "none"), str(change["to"])
 
 
 def _dependency(exc: BaseException) -> str:

@@ -313,7 +313,12 @@ def _zone(name: str) -> tzinfo | None:
 
 
 @lru_cache(maxsize=4096)
-def _zone_offset(name: str, minute: int) -> int | None:
+def _offset_at(name: str, minute: int) -> int | None:
+    """The UTC offset in seconds of a fixed offset (``+08:00``) or a zone at a minute."""
+    fixed = _OFFSET.fullmatch(name)
+    if fixed is not None:
+        fixed_s = int(fixed.group(2)) * 3_600 + int(fixed.group(3)) * 60
+        return -fixed_s if fixed.group(1) == "-" else fixed_s
     zone = _zone(name)
     delta = None if zone is None else datetime.fromtimestamp(minute * 60, zone).utcoffset()
     return None if delta is None else int(delta.total_seconds())
@@ -323,11 +328,7 @@ def _utc_offset(name: str, at: float) -> int:
     """Offsets are looked up per whole minute: zones change offset on minute boundaries
     (a few 1970s offsets with seconds aside), so live traffic from one zone mostly hits the
     cache."""
-    fixed = _OFFSET.fullmatch(name)
-    if fixed is not None:
-        fixed_s = int(fixed.group(2)) * 3_600 + int(fixed.group(3)) * 60
-        return -fixed_s if fixed.group(1) == "-" else fixed_s
-    offset = _zone_offset(name, int(at // 60))
+    offset = _offset_at(name, int(at // 60))
     if offset is None:
         raise InvalidEvent("bad_timezone", f"$.context.timezone: unknown time zone {name!r}")
     return offset
@@ -614,23 +615,41 @@ def encode_cloudevent(
     """
     if role not in _OUTPUT_ROLES:
         raise ValueError(f"role must be one of {sorted(_OUTPUT_ROLES)}, not {role!r}")
-    if ce_type not in OUTPUT_TYPES:
-        raise ValueError(f"unknown output type {ce_type!r}")
     if not (key and source and event_id):
         raise ValueError("key, source and event_id must be non-empty")
-    parse_rfc3339(time)
+    ce_type_header, schema_header = _ce_type_headers(ce_type)
+    _parse_time(time)
     value = orjson.dumps(payload, default=_jsonable, option=orjson.OPT_SORT_KEYS)
+    subject = key.encode()
     headers = [
-        ("ce_specversion", b"1.0"),
+        _CE_SPECVERSION,
         ("ce_id", event_id.encode()),
-        ("ce_source", source.encode()),
-        ("ce_type", ce_type.encode()),
+        _ce_source_header(source),
+        ce_type_header,
         ("ce_time", time.encode()),
-        ("ce_subject", key.encode()),
-        ("ce_dataschema", f"{SCHEMA_BASE}{OUTPUT_TYPES[ce_type]}.json".encode()),
-        ("content-type", b"application/json"),
+        ("ce_subject", subject),
+        schema_header,
+        _CONTENT_TYPE_JSON,
     ]
-    return OutRecord(topic_role=role, key=key.encode(), value=value, headers=headers)
+    return OutRecord(topic_role=role, key=subject, value=value, headers=headers)
+
+
+_CE_SPECVERSION: Final = ("ce_specversion", b"1.0")
+_CONTENT_TYPE_JSON: Final = ("content-type", b"application/json")
+
+
+@cache
+def _ce_type_headers(ce_type: str) -> tuple[tuple[str, bytes], tuple[str, bytes]]:
+    """The ``ce_type`` and ``ce_dataschema`` headers of an output type (built once)."""
+    if ce_type not in OUTPUT_TYPES:
+        raise ValueError(f"unknown output type {ce_type!r}")
+    schema = f"{SCHEMA_BASE}{OUTPUT_TYPES[ce_type]}.json"
+    return ("ce_type", ce_type.encode()), ("ce_dataschema", schema.encode())
+
+
+@lru_cache(maxsize=16)
+def _ce_source_header(source: str) -> tuple[str, bytes]:
+    return ("ce_source", source.encode())
 
 
 def _truncate_utf8(text: str, limit: int) -> bytes:
