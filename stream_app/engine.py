@@ -88,6 +88,10 @@ class PartitionEngine:
         self._due: dict[str, float] = dict(due or {})
         self._heap: list[tuple[float, str]] = [(t, u) for u, t in self._due.items()]
         heapq.heapify(self._heap)
+        # Per-configuration spans of the deadlines, in seconds (``days * DAY_S``, the same
+        # products the deadline sums would compute every time).
+        self._rescore_s = tuple(days * DAY_S for days in core.rescore_after_days)
+        self._retention_s = core.windows.retention_days * DAY_S
 
     @property
     def watermark(self) -> float:
@@ -240,21 +244,22 @@ class PartitionEngine:
         out: BatchResult,
     ) -> None:
         core, st = self.core, self.state
-        x = features(record.windows, at, core.features)
+        win = record.windows
+        x = features(win, at, core.features)
         score = st.scorer.score(x)
         st.labels.on_score(user, at, x)
         out.scores.append(score.probability)
-        record = self._tiers(user, record, at, score, out)
-        signal = alerts.Signal(
-            kind="activity" if kind == "activity" else "tick",
-            at=at,
-            obs=alerts.observe(record.windows, at, core.alerts),
-            probability=score.probability,
-            percentile=score.percentile,
-            reasons=score.reasons,
-            model_version=score.version,
-            source=score.source,
-            tiers=record.tiers,
+        tier_state = self._tiers(user, record, at, score, out)
+        signal = alerts.make_signal(
+            "activity" if kind == "activity" else "tick",
+            at,
+            alerts.observe(win, at, core.alerts),
+            score.probability,
+            score.percentile,
+            score.reasons,
+            score.version,
+            score.source,
+            tier_state,
         )
         holdout = alerts.is_holdout(user, core.holdout_share, core.holdout_salt)
         state, emits = alerts.step(
@@ -265,7 +270,9 @@ class PartitionEngine:
             holdout=holdout,
             playbook=core.playbook,
         )
-        record = record.with_alert(state).evaluated(at)
+        # One record for the new tiers, warning state and evaluation time (what
+        # ``with_tiers``, ``with_alert`` and ``evaluated`` would build one after another).
+        record = UserRecord(win, state, tier_state, record.history, at)
         for emit in emits:
             level = int(emit.payload.get("level", 0)) if emit.record == "warning" else 0
             record = record.remember(level, at)
@@ -275,18 +282,20 @@ class PartitionEngine:
 
     def _tiers(
         self, user: str, record: UserRecord, at: float, score: Score, out: BatchResult
-    ) -> UserRecord:
+    ) -> tiers.TierState:
+        """Step the user's lifecycle and value tiers; returns their new tier state."""
         core, st = self.core, self.state
         prev = record.tiers
+        win = record.windows
         stage = tiers.lifecycle(
-            record.windows,
+            win,
             at,
             record.alert.level,
             score.probability,
             core.tiers,
             previous=prev.lifecycle,
         )
-        values = tiers.rfm_values(record.windows, at, core.tiers)
+        values = tiers.rfm_values(win, at, core.tiers)
         st.rfm, bins = st.rfm.update(prev.rfm_bins, values)
         rfm = segment = None
         if st.rfm.n >= core.tiers.min_population:
@@ -296,24 +305,29 @@ class PartitionEngine:
         for change in changes:
             st.move(str(change["dimension"]), change["from"], change["to"])
             out.outputs.append(Output("tier", user, change))
-        return record.with_tiers(state)
+        return state
 
     def _next_deadline(self, record: UserRecord, now: float) -> float | None:
         core = self.core
-        last = record.windows.last_seen
+        win = record.windows
+        last = win.last_seen
         rescore = None
-        for days in core.rescore_after_days:
-            if last + days * DAY_S > now:
-                rescore = last + days * DAY_S
+        for span in self._rescore_s:
+            if last + span > now:
+                rescore = last + span
                 break
-        candidates = [
-            alerts.next_deadline(record.windows, record.alert, core.alerts),
-            tiers.next_lifecycle_deadline(record.windows, now, core.tiers),
-            last + core.windows.retention_days * DAY_S,
+        candidates = (
+            alerts.next_deadline(win, record.alert, core.alerts),
+            tiers.next_lifecycle_deadline(win, now, core.tiers),
+            last + self._retention_s,
             rescore,
-        ]
-        future = [t for t in candidates if t is not None and t > now]
-        return min(future) if future else None
+        )
+        # The earliest one in the future (the first of equals, like ``min``).
+        best: float | None = None
+        for t in candidates:
+            if t is not None and t > now and (best is None or t < best):
+                best = t
+        return best
 
     def _set_due(self, user: str, deadline: float | None, out: BatchResult) -> None:
         if deadline is None:

@@ -69,6 +69,11 @@ _SEGMENT_GRID: dict[int, tuple[str, str, str, str, str]] = {
     1: ("lost", "lost", "at_risk", "cannot_lose", "cannot_lose"),
 }
 
+# Valid scores and bins: a membership test stands in for the range checks of every
+# element (anything not found gets the full check, so the outcome is the same).
+_SCORES = frozenset(range(1, 6))
+_BINS = frozenset(range(255))
+
 _LIFECYCLE_REASONS = {
     "new": "new_user_window",
     "growing": "past_new_user_window",
@@ -181,6 +186,8 @@ class QuantileSketch:
     def move(self, old_bin: int | None, x: float) -> tuple[QuantileSketch, int]:
         """Replace a user's previous bin (``None`` if new) by the bin of ``x``."""
         new_bin = self.layout.bin_of(x)
+        if old_bin == new_bin and self.counts[new_bin] > 0:
+            return self, new_bin  # out of the bin and back in: the same counts
         counts = list(self.counts)
         if old_bin is not None and 0 <= old_bin < len(counts) and counts[old_bin] > 0:
             counts[old_bin] -= 1
@@ -193,12 +200,13 @@ class QuantileSketch:
         Values sharing ``x``'s bin count half, so ties (e.g. everyone at zero spend) sit in
         the middle instead of at an arbitrary end. An empty sketch answers 0.5.
         """
-        total = self.n
+        counts = self.counts
+        i = self.layout.bin_of(x)
+        below = sum(counts[:i])
+        total = below + sum(counts[i:])  # == self.n, in one pass over the counts
         if total == 0:
             return 0.5
-        i = self.layout.bin_of(x)
-        below = sum(self.counts[:i])
-        return (below + 0.5 * self.counts[i]) / total
+        return (below + 0.5 * counts[i]) / total
 
     def quantile(self, q: float) -> float:
         """Approximate value at rank ``q`` (bin representative)."""
@@ -236,11 +244,19 @@ class QuantileSketch:
         return cls(SketchLayout(lo, hi, bins), tuple(counts))
 
 
+# Frozen dataclasses set each field through ``object.__setattr__`` in ``__init__``; the
+# constructors here fill the slots through their descriptors instead, several times faster.
+# They make the same objects and skip only ``__post_init__`` checks, so they are used for
+# values that are valid by construction.
+_new = object.__new__
+_SKETCH_LAYOUT, _SKETCH_COUNTS = (getattr(QuantileSketch, f).__set__ for f in ("layout", "counts"))
+
+
 def _sketch(layout: SketchLayout, counts: tuple[int, ...]) -> QuantileSketch:
     """A sketch from counts known to be valid (derived from a valid sketch by one move)."""
-    sketch: QuantileSketch = object.__new__(QuantileSketch)
-    object.__setattr__(sketch, "layout", layout)
-    object.__setattr__(sketch, "counts", counts)
+    sketch: QuantileSketch = _new(QuantileSketch)
+    _SKETCH_LAYOUT(sketch, layout)
+    _SKETCH_COUNTS(sketch, counts)
     return sketch
 
 
@@ -313,9 +329,11 @@ def next_lifecycle_deadline(view: ActivityView, now: float, cfg: TierConfig) -> 
     Only the two clock-driven edges are known in advance: the end of the ``new`` window
     and the churn horizon. The engine may sweep these like warning deadlines.
     """
-    candidates = (view.first_seen + cfg.new_days * DAY_S, view.last_seen + cfg.churn_days * DAY_S)
-    future = [t for t in candidates if t > now]
-    return min(future) if future else None
+    new_end = view.first_seen + cfg.new_days * DAY_S
+    churn = view.last_seen + cfg.churn_days * DAY_S
+    if new_end > now:
+        return churn if now < churn < new_end else new_end
+    return churn if churn > now else None
 
 
 def segment_of(rfm: tuple[int, int, int]) -> str:
@@ -325,7 +343,7 @@ def segment_of(rfm: tuple[int, int, int]) -> str:
     ('champions', 'lost', 'cannot_lose')
     """
     r, f, m = rfm
-    if not all(1 <= s <= 5 for s in rfm):
+    if not _SCORES.issuperset(rfm) and not all(1 <= s <= 5 for s in rfm):
         raise ValueError(f"RFM scores must be within 1..5, got {rfm}")
     fm = (f + m + 1) // 2
     return _SEGMENT_GRID[r][fm - 1]
@@ -376,7 +394,9 @@ class RfmSketches:
         r, br = self.recency.move(old[0], values[0])
         f, bf = self.frequency.move(old[1], values[1])
         m, bm = self.monetary.move(old[2], values[2])
-        return RfmSketches(r, f, m), (br, bf, bm)
+        if r is self.recency and f is self.frequency and m is self.monetary:
+            return self, (br, bf, bm)
+        return _rfm_sketches(r, f, m), (br, bf, bm)
 
     def scores(
         self,
@@ -421,6 +441,40 @@ class RfmSketches:
         return cls(out[0], out[1], out[2])
 
 
+_RFM_SLOTS = tuple(getattr(RfmSketches, f).__set__ for f in ("recency", "frequency", "monetary"))
+
+
+def _rfm_sketches(r: QuantileSketch, f: QuantileSketch, m: QuantileSketch) -> RfmSketches:
+    """``RfmSketches(r, f, m)``, built fast."""
+    sketches: RfmSketches = _new(RfmSketches)
+    set_r, set_f, set_m = _RFM_SLOTS
+    set_r(sketches, r)
+    set_f(sketches, f)
+    set_m(sketches, m)
+    return sketches
+
+
+def _check_tiers(
+    lifecycle: str | None,
+    value_segment: str | None,
+    rfm: tuple[int, int, int] | None,
+    rfm_bins: tuple[int, int, int] | None,
+) -> None:
+    """Raise ``ValueError`` for the first of the given (not ``None``) parts that is invalid."""
+    if lifecycle is not None and lifecycle not in LIFECYCLES:
+        raise ValueError(f"unknown lifecycle {lifecycle!r}")
+    if value_segment is not None and value_segment not in SEGMENTS:
+        raise ValueError(f"unknown value segment {value_segment!r}")
+    if rfm is not None and not _SCORES.issuperset(rfm) and not all(1 <= s <= 5 for s in rfm):
+        raise ValueError(f"RFM scores must be within 1..5, got {rfm}")
+    if (
+        rfm_bins is not None
+        and not _BINS.issuperset(rfm_bins)
+        and not all(0 <= b < 255 for b in rfm_bins)
+    ):
+        raise ValueError(f"RFM bins must be within 0..254, got {rfm_bins}")
+
+
 @dataclass(frozen=True, slots=True)
 class TierState:
     """A user's committed tiers, plus the sketch bins their values were last counted in.
@@ -436,14 +490,7 @@ class TierState:
     rfm_bins: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.lifecycle is not None and self.lifecycle not in LIFECYCLES:
-            raise ValueError(f"unknown lifecycle {self.lifecycle!r}")
-        if self.value_segment is not None and self.value_segment not in SEGMENTS:
-            raise ValueError(f"unknown value segment {self.value_segment!r}")
-        if self.rfm is not None and not all(1 <= s <= 5 for s in self.rfm):
-            raise ValueError(f"RFM scores must be within 1..5, got {self.rfm}")
-        if self.rfm_bins is not None and not all(0 <= b < 255 for b in self.rfm_bins):
-            raise ValueError(f"RFM bins must be within 0..254, got {self.rfm_bins}")
+        _check_tiers(self.lifecycle, self.value_segment, self.rfm, self.rfm_bins)
 
     def to_bytes(self) -> bytes:
         """Nine bytes: version, lifecycle, segment, three scores, three bins (0 = none)."""
@@ -467,6 +514,27 @@ class TierState:
             rfm=rfm if rfm[0] else None,
             rfm_bins=(bins[0] - 1, bins[1] - 1, bins[2] - 1) if bins[0] else None,
         )
+
+
+_TIER_SLOTS = tuple(
+    getattr(TierState, f).__set__ for f in ("lifecycle", "value_segment", "rfm", "rfm_bins")
+)
+
+
+def _tier_state(
+    lifecycle: str | None,
+    value_segment: str | None,
+    rfm: tuple[int, int, int] | None,
+    rfm_bins: tuple[int, int, int] | None,
+) -> TierState:
+    """``TierState(...)`` from parts already checked, built fast."""
+    state: TierState = _new(TierState)
+    s0, s1, s2, s3 = _TIER_SLOTS
+    s0(state, lifecycle)
+    s1(state, value_segment)
+    s2(state, rfm)
+    s3(state, rfm_bins)
+    return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,8 +566,16 @@ def _stable_id(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-@functools.lru_cache(maxsize=1024)
-def _rfc3339(t: float) -> str:
+@functools.lru_cache(maxsize=4096)
+def rfc3339(t: float) -> str:
+    """Epoch seconds as the records' RFC 3339 UTC time with milliseconds.
+
+    Cached, and shared with the warning records: a sweep stamps many records with the
+    same deadline times.
+
+    >>> rfc3339(0.0), rfc3339(1.5e9 + 0.0125)
+    ('1970-01-01T00:00:00.000Z', '2017-07-14T02:40:00.012Z')
+    """
     return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
@@ -529,33 +605,54 @@ def step_tiers(
     >>> step_tiers(s, "new", None, None, 60.0, "u1")[1]
     []
     """
-    lc = new_lifecycle if new_lifecycle is not None else state.lifecycle
-    seg = new_segment if new_segment is not None else state.value_segment
-    r = rfm if rfm is not None else state.rfm
-    bins = rfm_bins if rfm_bins is not None else state.rfm_bins
+    # Parts taken from ``state`` were checked when it was made; only new ones are checked.
+    lc, seg, r, bins = state.lifecycle, state.value_segment, state.rfm, state.rfm_bins
+    if new_lifecycle is not None:
+        lc = new_lifecycle
+    if new_segment is not None:
+        seg = new_segment
+    if rfm is not None:
+        r = rfm
+    if rfm_bins is not None:
+        bins = rfm_bins
     if lc == state.lifecycle and seg == state.value_segment:
         if r == state.rfm and bins == state.rfm_bins:
             return state, []
-        return TierState(lc, seg, r, bins), []
-    new_state = TierState(lc, seg, r, bins)
-    moves = (
-        ("lifecycle", state.lifecycle, lc, _LIFECYCLE_REASONS.get(lc or "", "")),
-        ("value", state.value_segment, seg, "rfm_" + "".join(map(str, r)) if r else "rfm"),
-    )
+        _check_tiers(new_lifecycle, new_segment, rfm, rfm_bins)
+        return _tier_state(lc, seg, r, bins), []
+    _check_tiers(new_lifecycle, new_segment, rfm, rfm_bins)
+    new_state = _tier_state(lc, seg, r, bins)
     changes: list[dict[str, Any]] = []
-    for dimension, before, after, reason in moves:
-        if after is None or after == before:
-            continue
-        change: dict[str, Any] = {
-            "change_id": _stable_id(user_id, dimension, str(before), after, repr(at)),
-            "user_id": user_id,
-            "dimension": dimension,
-            "from": before,
-            "to": after,
-            "event_time": _rfc3339(at),
-            "reason": reason,
-        }
-        if r is not None:
-            change["rfm"] = {"r": r[0], "f": r[1], "m": r[2]}
-        changes.append(change)
+    before = state.lifecycle
+    if lc is not None and lc != before:
+        reason = _LIFECYCLE_REASONS.get(lc, "")
+        changes.append(_change(user_id, "lifecycle", before, lc, at, reason, r))
+    before = state.value_segment
+    if seg is not None and seg != before:
+        reason = "rfm_" + "".join(map(str, r)) if r else "rfm"
+        changes.append(_change(user_id, "value", before, seg, at, reason, r))
     return new_state, changes
+
+
+def _change(
+    user_id: str,
+    dimension: str,
+    before: str | None,
+    after: str,
+    at: float,
+    reason: str,
+    rfm: tuple[int, int, int] | None,
+) -> dict[str, Any]:
+    """The record of one tier change (see :func:`step_tiers`)."""
+    change: dict[str, Any] = {
+        "change_id": _stable_id(user_id, dimension, str(before), after, repr(at)),
+        "user_id": user_id,
+        "dimension": dimension,
+        "from": before,
+        "to": after,
+        "event_time": rfc3339(at),
+        "reason": reason,
+    }
+    if rfm is not None:
+        change["rfm"] = {"r": rfm[0], "f": rfm[1], "m": rfm[2]}
+    return change

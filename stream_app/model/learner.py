@@ -122,6 +122,27 @@ def _new(factory: Any, *args: Any, **params: Any) -> Any:
     return factory(*args, **params)
 
 
+# ``Score(...)`` fills its slots through ``object.__setattr__`` (it is frozen); setting them
+# through the slot descriptors makes the same object several times faster.
+_SCORE_SLOTS = tuple(
+    getattr(Score, f).__set__ for f in ("probability", "percentile", "reasons", "source", "version")
+)
+
+
+def _score(
+    probability: float, percentile: float, reasons: list[Reason], source: Source, version: str
+) -> Score:
+    """``Score(probability, percentile, reasons, source, version)``, built fast."""
+    score: Score = object.__new__(Score)
+    s0, s1, s2, s3, s4 = _SCORE_SLOTS
+    s0(score, probability)
+    s1(score, percentile)
+    s2(score, reasons)
+    s3(score, source)
+    s4(score, version)
+    return score
+
+
 class ChurnScorer:
     """Prior plus online model, with live quality, drift detection and checkpoints.
 
@@ -157,6 +178,7 @@ class ChurnScorer:
         self.drifts = 0
         self._class_counts = [0, 0]
         self._learned_ckpt: tuple[tuple[int, str, int, int], bytes] | None = None
+        self._weights_cache: tuple[int, dict[str, float]] | None = None
 
     @property
     def version(self) -> str:
@@ -172,12 +194,25 @@ class ChurnScorer:
     def _model_proba(self, x: dict[str, float]) -> float:
         return float(self.model.predict_proba_one(x).get(True, 0.0))
 
+    def _weights(self) -> dict[str, float]:
+        """The model's weights as a dict, copied out of river once per learned label (only
+        :meth:`learn` changes them, and it counts every label in ``n_learned``)."""
+        cached = self._weights_cache
+        if cached is None or cached[0] != self.n_learned:
+            cached = self._weights_cache = (self.n_learned, self._linear.weights)
+        return cached[1]
+
     def _model_reasons(self, x: dict[str, float], z: dict[str, float]) -> list[Reason]:
-        weights = self._linear.weights
-        terms = [(k, x[k], weights.get(k, 0.0) * v) for k, v in z.items() if k in x]
-        ups = [t for t in terms if t[2] > 0.0]
-        ups.sort(key=lambda r: (-r[2], r[0]))
-        return ups[: self.cfg.reasons]
+        weights = self._weights()
+        # Positive contributions ranked by (-contribution, name): names are unique, so plain
+        # tuple order is that ranking.
+        ups: list[tuple[float, str]] = []
+        for k, v in z.items():
+            c = weights.get(k, 0.0) * v
+            if c > 0.0 and k in x:
+                ups.append((-c, k))
+        ups.sort()
+        return [(k, x[k], -neg) for neg, k in ups[: self.cfg.reasons]]
 
     def score(self, x: dict[str, float], *, count: bool = True) -> Score:
         """Score one feature vector.
@@ -197,9 +232,10 @@ class ChurnScorer:
             z = self._scaler.transform_one(x)
             p = float(self._linear.predict_proba_one(z).get(True, 0.0))
             reasons = self._model_reasons(x, z)
+        ranks = self.ranks
         if count:
-            self.ranks.update(p)
-        return Score(p, self.ranks.percentile(p), reasons, self.source, self.version)
+            ranks.update(p)
+        return _score(p, ranks.percentile(p), reasons, self.source, self.version)
 
     def learn(self, x: dict[str, float], churned: bool) -> Switch | None:
         """Learn one matured label; return the switch it caused, if any.
@@ -250,12 +286,14 @@ class ChurnScorer:
         state = self.__dict__.copy()
         state.pop("on_switch", None)
         state.pop("_learned_ckpt", None)
+        state.pop("_weights_cache", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.on_switch = None
         self._learned_ckpt = None
+        self._weights_cache = None
 
     def _learned_key(self) -> tuple[int, str, int, int]:
         """Changes whenever anything but the rank sketch may have changed: only
