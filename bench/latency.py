@@ -24,11 +24,12 @@ run; batching a few milliseconds of events per request slows that growth several
 Measured, all on one machine and one clock:
 
 * **per-event latency** (the headline): from the moment an event is handed to the producer to
-  the moment the worker's commit of that offset is visible in Redis. The worker commits a
-  partition's offset only after the batch's outputs (warnings, tier changes, dead letters)
-  have been acknowledged by the broker, so this bounds "event produced -> its warnings are
-  on the topic" for every event, warning or not. Redis is polled every ``--poll`` seconds
-  (offset fields only), so each figure is rounded *up* by at most one poll interval.
+  the moment the worker's commit of that offset is visible in Redis, for every event, warning
+  or not. Redis is polled every ``--poll`` seconds (offset fields only), so each figure is
+  rounded *up* by at most one poll interval. The commit holds the batch's outputs (warnings,
+  tier changes, dead letters) in its outbox; publishing them follows it, so the time to
+  "its warnings are on the topic" is this plus one produce round trip, which the worker's
+  ``churn_processing_latency_seconds`` below includes.
 * **warning latency**, when the run produces any activity-triggered warning: a warning's
   ``event_time`` is the onset that triggered it, so a warning whose user and ``event_time``
   match a produced event (to the millisecond) is matched to that event, and its latency is
@@ -37,8 +38,14 @@ Measured, all on one machine and one clock:
   cross the level-1 drop threshold within a short run, so the count may be small or zero.
 * **the worker's own histograms** from ``/metrics`` at the end (bucket upper bounds, as
   Prometheus would report them): ``churn_batch_duration_seconds``,
-  ``churn_processing_latency_seconds`` and ``churn_warning_latency_seconds`` (publish time
-  minus ``occurred_at``, here the produce time).
+  ``churn_processing_latency_seconds`` (from each record's Kafka timestamp, which the
+  producer sets when the event is handed to it, to the moment the batch's outputs were
+  acknowledged by the broker: "event produced -> its warnings are on the topic" for every
+  event, warm-up included) and ``churn_warning_latency_seconds`` (publish time minus
+  ``occurred_at``, here the produce time).
+
+The goal is met when both the per-event p99 and the bucket holding the p99 of
+``churn_processing_latency_seconds`` are within 100 ms.
 
 Prints one JSON object on stdout; everything started is stopped by PID on exit.
 """
@@ -417,6 +424,15 @@ def main() -> None:
     by_tenth = [
         quantiles(latencies[k : k + tenth]).get("p50_ms") for k in range(0, tenth * 10, tenth)
     ]
+    worker_metrics = {
+        name: histogram(metrics_text, name)
+        for name in (
+            "churn_batch_duration_seconds",
+            "churn_processing_latency_seconds",
+            "churn_warning_latency_seconds",
+        )
+    }
+    published = worker_metrics["churn_processing_latency_seconds"]
     result.update(
         rate=args.rate,
         events_measured=args.events,
@@ -434,16 +450,12 @@ def main() -> None:
         warnings_matched_level1=level1,
         warning_produce_to_topic=quantiles(to_topic),
         warning_produce_to_subscriber=quantiles(to_subscriber),
-        worker_metrics={
-            name: histogram(metrics_text, name)
-            for name in (
-                "churn_batch_duration_seconds",
-                "churn_processing_latency_seconds",
-                "churn_warning_latency_seconds",
-            )
-        },
-        goal="p99 < 100 ms at 1,000 events/s (per-event produce to commit)",
-        goal_met=per_event.get("p99_ms", math.inf) < 100 and args.rate >= 1000,
+        worker_metrics=worker_metrics,
+        goal="p99 < 100 ms at 1,000 events/s (per-event produce to commit, and produce to "
+        "outputs acknowledged from the worker's histogram)",
+        goal_met=per_event.get("p99_ms", math.inf) < 100
+        and (published.get("p99_le_s") or math.inf) <= 0.1
+        and args.rate >= 1000,
     )
     print(json.dumps(result, indent=2))
 
