@@ -444,13 +444,15 @@ class Processor:
             self._observe_populations()
 
     def _observe_arrivals(self, msgs: Sequence[Message]) -> None:
-        """Time from each record's arrival in Kafka (its timestamp) to its publication."""
+        """Time from each record's Kafka timestamp (set by its producer, or by the broker
+        on log-append-time topics) to the publication of its batch's outputs. Faust gives
+        the timestamp in seconds."""
         now = time.time()
         observe = self.metrics.processing_latency.observe
         for m in msgs:
             stamp = getattr(m, "timestamp", None)
             if stamp:
-                observe(max(0.0, now - float(stamp) / 1000.0))
+                observe(max(0.0, now - float(stamp)))
 
     def _observe_model(self, partition: int, engine: PartitionEngine, r: BatchResult) -> None:
         m = self.metrics

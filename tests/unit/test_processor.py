@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ class Msg:
     key: bytes | None
     value: bytes | None
     headers: Any = ()
+    timestamp: float | None = None  # seconds, as Faust gives a record's Kafka timestamp
 
 
 def msg(offset: int, user: str, day: int = 1) -> Msg:
@@ -142,3 +145,15 @@ def test_the_write_through_cache_commits_what_a_fresh_encoding_gives() -> None:
         assert blob == userrecord.encode(record)
         assert cache[user][0] == record
         assert cache[user][1] == windows.encode(record.windows)
+
+
+def test_processing_latency_runs_from_the_records_timestamp_in_seconds() -> None:
+    proc, _ = processor(MemoryWindowStore())
+    produced = time.time() - 0.25
+    batch = [dataclasses.replace(msg(i, "alice"), timestamp=produced) for i in range(4)]
+    asyncio.run(proc.handle(batch))
+    registry = proc.metrics.registry
+    count = registry.get_sample_value("churn_processing_latency_seconds_count")
+    total = registry.get_sample_value("churn_processing_latency_seconds_sum")
+    assert count == 4
+    assert 4 * 0.25 <= total < 4 * 5.0
