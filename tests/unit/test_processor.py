@@ -156,4 +156,4 @@ def test_processing_latency_runs_from_the_records_timestamp_in_seconds() -> None
     count = registry.get_sample_value("churn_processing_latency_seconds_count")
     total = registry.get_sample_value("churn_processing_latency_seconds_sum")
     assert count == 4
-    assert 4 * 0.25 <= total < 4 * 5.0
+    assert total is not None and 4 * 0.25 <= total < 4 * 5.0
