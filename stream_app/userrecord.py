@@ -39,19 +39,19 @@ class UserRecord:
 
     def remember(self, level: int, at: float) -> UserRecord:
         """Add a published record to the bounded history (newest last)."""
-        items = (*self.history, HistoryItem(level, at))[-_HISTORY:]
-        return UserRecord(self.windows, self.alert, self.tiers, items, self.evaluated_at)
+        items = (*self.history, _history_item(level, at))[-_HISTORY:]
+        return _record(self.windows, self.alert, self.tiers, items, self.evaluated_at)
 
-    # The three below equal ``dataclasses.replace(record, <part>=...)`` at a fraction of its
+    # The ones below equal ``dataclasses.replace(record, <part>=...)`` at a fraction of its
     # cost, which matters on the per-event path.
 
     def with_windows(self, win: UserWindows) -> UserRecord:
         """This record with other windows."""
-        return UserRecord(win, self.alert, self.tiers, self.history, self.evaluated_at)
+        return _record(win, self.alert, self.tiers, self.history, self.evaluated_at)
 
     def with_alert(self, alert: WarningState) -> UserRecord:
         """This record with another warning state."""
-        return UserRecord(self.windows, alert, self.tiers, self.history, self.evaluated_at)
+        return _record(self.windows, alert, self.tiers, self.history, self.evaluated_at)
 
     def with_tiers(self, tiers: TierState) -> UserRecord:
         """This record with other tiers.
@@ -62,20 +62,63 @@ class UserRecord:
         >>> r == UserRecord(win, tiers=TierState("new")), r.with_alert(r.alert) == r
         (True, True)
         """
-        return UserRecord(self.windows, self.alert, tiers, self.history, self.evaluated_at)
+        return _record(self.windows, self.alert, tiers, self.history, self.evaluated_at)
 
     def evaluated(self, at: float) -> UserRecord:
         """This record, marked as scored and checked against the rules at ``at``."""
-        return UserRecord(self.windows, self.alert, self.tiers, self.history, at)
+        return _record(self.windows, self.alert, self.tiers, self.history, at)
+
+
+# ``UserRecord(...)`` and ``HistoryItem(...)`` fill their slots through
+# ``object.__setattr__`` (they are frozen); setting them through the slot descriptors makes
+# the same objects several times faster.
+_RECORD_SLOTS = tuple(
+    getattr(UserRecord, name).__set__
+    for name in ("windows", "alert", "tiers", "history", "evaluated_at")
+)
+_ITEM_LEVEL, _ITEM_AT = (getattr(HistoryItem, name).__set__ for name in ("level", "at"))
+
+
+def _record(
+    win: UserWindows,
+    alert: WarningState,
+    tiers: TierState,
+    history: tuple[HistoryItem, ...],
+    evaluated_at: float,
+) -> UserRecord:
+    """``UserRecord(win, alert, tiers, history, evaluated_at)``, built fast.
+
+    >>> from stream_app.windows import AppEvent, WindowConfig, apply_event
+    >>> win, _ = apply_event(None, AppEvent("e", "u", "login", 0.0), WindowConfig.social_app())
+    >>> args = (win, WarningState(), TierState("new"), (HistoryItem(2, 5.0),), 7.0)
+    >>> fast, slow = _record(*args), UserRecord(*args)
+    >>> fast == slow, repr(fast) == repr(slow), hash(fast.history) == hash(slow.history)
+    (True, True, True)
+    >>> _history_item(2, 5.0) == HistoryItem(2, 5.0)
+    True
+    """
+    record: UserRecord = object.__new__(UserRecord)
+    s0, s1, s2, s3, s4 = _RECORD_SLOTS
+    s0(record, win)
+    s1(record, alert)
+    s2(record, tiers)
+    s3(record, history)
+    s4(record, evaluated_at)
+    return record
+
+
+def _history_item(level: int, at: float) -> HistoryItem:
+    """``HistoryItem(level, at)``, built fast."""
+    item: HistoryItem = object.__new__(HistoryItem)
+    _ITEM_LEVEL(item, level)
+    _ITEM_AT(item, at)
+    return item
 
 
 _ITEM = struct.Struct("<Bd")
 _TIME = struct.Struct("<d")
 _SIZE = struct.Struct("<H")
-
-
-def _chunk(data: bytes) -> bytes:
-    return _SIZE.pack(len(data)) + data
+_HEAD = bytes([_VERSION])
 
 
 def encode(record: UserRecord, windows_bytes: bytes | None = None) -> bytes:
@@ -86,14 +129,24 @@ def encode(record: UserRecord, windows_bytes: bytes | None = None) -> bytes:
     still has the encoding of unchanged windows (a user scored at a deadline, not by an
     event) saves the most expensive part.
     """
-    hist = b"".join(_ITEM.pack(h.level, h.at) for h in record.history)
-    return bytes([_VERSION]) + b"".join(
-        _chunk(part)
-        for part in (
-            windows.encode(record.windows) if windows_bytes is None else windows_bytes,
-            record.alert.to_bytes(),
-            record.tiers.to_bytes(),
+    win = windows.encode(record.windows) if windows_bytes is None else windows_bytes
+    alert = record.alert.to_bytes()
+    tiers = record.tiers.to_bytes()
+    history = record.history
+    hist = b"".join([_ITEM.pack(h.level, h.at) for h in history]) if history else b""
+    size = _SIZE.pack
+    return b"".join(
+        (
+            _HEAD,
+            size(len(win)),
+            win,
+            size(len(alert)),
+            alert,
+            size(len(tiers)),
+            tiers,
+            size(len(hist)),
             hist,
+            size(_TIME.size),
             _TIME.pack(record.evaluated_at),
         )
     )
@@ -116,18 +169,29 @@ def decode_parts(data: bytes, cfg: windows.WindowConfig | None = None) -> tuple[
     """
     if not data or data[0] != _VERSION:
         raise ValueError("unknown user record encoding")
-    parts: list[bytes] = []
-    pos = 1
-    for _ in range(5):
-        (size,) = _SIZE.unpack_from(data, pos)
-        parts.append(data[pos + 2 : pos + 2 + size])
-        pos += 2 + size
-    hist = tuple(HistoryItem(level, at) for level, at in _ITEM.iter_unpack(parts[3]))
-    record = UserRecord(
-        windows.decode(parts[0], cfg),
-        WarningState.from_bytes(parts[1]),
-        TierState.from_bytes(parts[2]),
-        hist,
-        _TIME.unpack(parts[4])[0],
+    unpack = _SIZE.unpack_from
+    (size,) = unpack(data, 1)
+    pos = 3 + size
+    win = data[3:pos]
+    (size,) = unpack(data, pos)
+    alert = data[pos + 2 : pos + 2 + size]
+    pos += 2 + size
+    (size,) = unpack(data, pos)
+    tiers = data[pos + 2 : pos + 2 + size]
+    pos += 2 + size
+    (size,) = unpack(data, pos)
+    hist = data[pos + 2 : pos + 2 + size]
+    pos += 2 + size
+    (size,) = unpack(data, pos)
+    (evaluated_at,) = _TIME.unpack(data[pos + 2 : pos + 2 + size])
+    items = (
+        tuple([_history_item(level, at) for level, at in _ITEM.iter_unpack(hist)]) if hist else ()
     )
-    return record, parts[0]
+    record = _record(
+        windows.decode(win, cfg),
+        WarningState.from_bytes(alert),
+        TierState.from_bytes(tiers),
+        items,
+        evaluated_at,
+    )
+    return record, win

@@ -134,6 +134,7 @@ class LabelBook:
         self._changed: dict[str, bytes | None] = {}
         self.pending = 0
         self.dropped = 0
+        self._meta: tuple[tuple[LabelConfig, int, int, int, int], bytes] | None = None
 
     def _sampled(self, user: str, t: float) -> bool:
         rate = self.cfg.sample_rate
@@ -235,8 +236,24 @@ class LabelBook:
         return changed
 
     def meta_bytes(self) -> bytes:
-        """Everything but the snapshots: counters and feature names (small, deterministic)."""
-        return pickle.dumps((self.cfg, self._seq, self.pending, self.dropped, self._names), 5)
+        """Everything but the snapshots: counters and feature names (small, deterministic).
+
+        Kept until one of them changes (the names only ever grow, the config is frozen and
+        compared by identity first).
+
+        >>> book = LabelBook()
+        >>> first = book.meta_bytes()
+        >>> book.meta_bytes() is first, book.on_score("u", 0.0, {"a": 1.0})
+        (True, True)
+        >>> book.meta_bytes() == pickle.dumps((book.cfg, 1, 1, 0, [("a",)]), 5)
+        True
+        """
+        key = (self.cfg, self._seq, self.pending, self.dropped, len(self._names))
+        cached = self._meta
+        if cached is None or cached[0] != key:
+            meta = (self.cfg, self._seq, self.pending, self.dropped, self._names)
+            cached = self._meta = (key, pickle.dumps(meta, 5))
+        return cached[1]
 
     @classmethod
     def restore(cls, meta: bytes, entries: Iterable[bytes]) -> LabelBook:

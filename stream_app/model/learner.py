@@ -30,13 +30,18 @@ True
 
 from __future__ import annotations
 
+import io
 import pickle
 import zlib
+from array import array
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from river import compose, drift, linear_model, optim, preprocessing
+from river._river_rust.stats import RsRollingROCAUC
 
 from stream_app.model.prior import PRIOR_VERSION, Prior, PriorConfig, Reason
 from stream_app.model.quality import LiveQuality, Source
@@ -44,7 +49,11 @@ from stream_app.model.quantiles import RankSketch
 
 __all__ = ["ChurnScorer", "Score", "ScorerConfig", "Switch"]
 
-_CHECKPOINT = "churn-scorer/2"
+# Checkpoint markers: version 3 stores the learned state as a canonical pickle of its small
+# objects plus, apart, its big string-free leaves (see ``ChurnScorer.to_bytes``); version 2,
+# still read, stored it as one pickle.
+_CHECKPOINT = "churn-scorer/3"
+_CHECKPOINT_V2 = "churn-scorer/2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,23 +314,31 @@ class ChurnScorer:
 
         Two parts: the learned state (model, quality, drift detector, counters), which only
         :meth:`learn` changes, and the rank sketch, which every score changes. The learned
-        part is pickled again only when a label was learned since the last checkpoint; a
-        worker checkpoints after every batch and learns in far fewer of them.
+        part is encoded again only when a label was learned since the last checkpoint.
 
         Pickle output depends on which equal strings happen to be the same object, which
         differs between a live scorer and a restored one; dumping a reloaded copy fixes the
-        sharing, so a restored scorer fed the same labels checkpoints to the same bytes. The
-        learned part (about 200 KB on CDNOW, mostly the live-quality window) is stored
-        compressed, once per change, so the partition snapshot needs no compression.
+        sharing, so a restored scorer fed the same labels checkpoints to the same bytes. Only
+        the small objects take that round trip: the big leaves, which hold no strings (the
+        rolling ROC AUCs' native state, the rolling log losses' windows of ``(label,
+        probability)``), are set apart by :class:`_Splitter`, stored once in a compact form
+        and stand in the round trip as placeholders, because reloading them (rebuilding the
+        ROC AUCs' trees) cost more than everything else together. The learned part (about
+        170 KB with full quality windows) is stored compressed, once per change, so the
+        partition snapshot needs no compression.
         """
         key = self._learned_key()
         cached = self._learned_ckpt
         if cached is None or cached[0] != key:
             learned = self.__getstate__()
             del learned["ranks"]
-            raw = pickle.dumps(learned, protocol=5)
-            canonical = pickle.dumps(pickle.loads(raw), protocol=5)
-            cached = (key, zlib.compress(canonical, 1))
+            buf = io.BytesIO()
+            splitter = _Splitter(buf)
+            splitter.dump(learned)
+            placeholders = [_Leaf(i) for i in range(len(splitter.leaves))]
+            canonical = _dumps_light(_LightLoader(buf.getvalue(), placeholders).load())
+            packed = (zlib.compress(canonical, 1), splitter.leaves)
+            cached = (key, pickle.dumps(packed, protocol=5))
             self._learned_ckpt = cached
         return pickle.dumps((_CHECKPOINT, cached[1], self.ranks), protocol=5)
 
@@ -329,12 +346,141 @@ class ChurnScorer:
     def from_bytes(
         cls, data: bytes, on_switch: Callable[[Switch], None] | None = None
     ) -> ChurnScorer:
-        """Restore a scorer written by :meth:`to_bytes`; it scores exactly like the original."""
+        """Restore a scorer written by :meth:`to_bytes` (this or the previous version); it
+        scores exactly like the original."""
         loaded = pickle.loads(data)
-        if not (isinstance(loaded, tuple) and len(loaded) == 3 and loaded[0] == _CHECKPOINT):
+        if not (
+            isinstance(loaded, tuple)
+            and len(loaded) == 3
+            and loaded[0] in (_CHECKPOINT, _CHECKPOINT_V2)
+        ):
             raise TypeError(f"not a {cls.__name__} checkpoint")
-        _, learned, ranks = loaded
+        marker, learned, ranks = loaded
+        if marker == _CHECKPOINT_V2:
+            state = pickle.loads(zlib.decompress(learned))
+        else:
+            light, leaves = pickle.loads(learned)
+            state = _LightLoader(
+                zlib.decompress(light), [_unpack_leaf(leaf) for leaf in leaves]
+            ).load()
         scorer = cls.__new__(cls)
-        scorer.__setstate__({**pickle.loads(zlib.decompress(learned)), "ranks": ranks})
+        scorer.__setstate__({**state, "ranks": ranks})
         scorer.on_switch = on_switch
         return scorer
+
+
+# -- learned-state checkpoint helpers ----------------------------------------------------------
+
+_first = itemgetter(0)
+_second = itemgetter(1)
+
+
+class _Leaf:
+    """Stands in for the ``index``-th big leaf while the small objects are canonicalised."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _pack_window(window: deque[Any]) -> tuple[str, int, bytes, bytes] | None:
+    """A bounded window of ``((label, probability), {})`` (river's ``utils.Rolling`` of a
+    metric) as ``("window", maxlen, labels, probabilities)``; None for any other deque.
+
+    >>> w = deque([((True, 0.25), {}), ((False, 0.5), {})], maxlen=3)
+    >>> packed = _pack_window(w)
+    >>> twin = _unpack_leaf(packed)
+    >>> twin == w and twin.maxlen == 3 and [type(a[0]) for a, _ in twin] == [bool, bool]
+    True
+    >>> _pack_window(deque([((1, 0.25), {})], maxlen=3)) is None  # not a bool: left alone
+    True
+    """
+    maxlen = window.maxlen
+    if maxlen is None or set(map(type, window)) - {tuple} or set(map(len, window)) - {2}:
+        return None
+    args = list(map(_first, window))
+    kwargs = list(map(_second, window))
+    if set(map(type, args)) - {tuple} or set(map(len, args)) - {2}:
+        return None
+    if set(map(type, kwargs)) - {dict} or any(kwargs):
+        return None
+    labels = list(map(_first, args))
+    probabilities = list(map(_second, args))
+    if set(map(type, labels)) - {bool} or set(map(type, probabilities)) - {float}:
+        return None
+    return ("window", maxlen, bytes(labels), array("d", probabilities).tobytes())
+
+
+def _unpack_leaf(leaf: Any) -> Any:
+    """Inverse of the packing in :class:`_Splitter`."""
+    if leaf[0] == "zpickle":
+        return pickle.loads(zlib.decompress(leaf[1]))
+    if leaf[0] == "window":
+        _, maxlen, labels, raw = leaf
+        probabilities = array("d")
+        probabilities.frombytes(raw)
+        return deque(
+            [((y, p), {}) for y, p in zip(map(bool, labels), probabilities, strict=True)],
+            maxlen,
+        )
+    raise ValueError(f"unknown checkpoint leaf {leaf[0]!r}")
+
+
+def _leaf(index: int) -> Any:
+    """What a set-apart leaf is pickled as (a call of this function with its index); only
+    :class:`_LightLoader` resolves it."""
+    raise pickle.UnpicklingError(f"checkpoint leaf {index} outside its checkpoint")
+
+
+class _Splitter(pickle.Pickler):
+    """Pickles the learned state with its big string-free leaves set apart in ``leaves``
+    (packed, in the order met) and written as ``_leaf(index)``; the pickle memo makes a
+    leaf met twice the same object again.
+
+    ``reducer_override`` is consulted only for objects that are not plain ints, floats,
+    strings, tuples, lists or dicts, so the split costs next to nothing on the rest.
+    """
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=5)
+        self.leaves: list[Any] = []
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is RsRollingROCAUC:
+            # Its native state (scores and their order) halves under zlib; a packed window
+            # (see :func:`_pack_window`) shrinks by a tenth, not worth compressing.
+            packed: Any = ("zpickle", zlib.compress(pickle.dumps(obj, protocol=5), 1))
+        elif kind is deque:
+            packed = _pack_window(obj)
+            if packed is None:
+                return NotImplemented
+        else:
+            return NotImplemented
+        self.leaves.append(packed)
+        return _leaf, (len(self.leaves) - 1,)
+
+
+class _LightPickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        return (_leaf, (obj.index,)) if type(obj) is _Leaf else NotImplemented
+
+
+def _dumps_light(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    _LightPickler(buf, protocol=5).dump(obj)
+    return buf.getvalue()
+
+
+class _LightLoader(pickle.Unpickler):
+    """Loads the small objects, putting ``leaves[i]`` where leaf ``i`` was set apart."""
+
+    def __init__(self, data: bytes, leaves: list[Any]) -> None:
+        super().__init__(io.BytesIO(data))
+        self._leaves = leaves
+
+    def find_class(self, module_name: str, global_name: str) -> Any:
+        if module_name == __name__ and global_name == "_leaf":
+            return self._leaves.__getitem__
+        return super().find_class(module_name, global_name)
