@@ -20,8 +20,9 @@ True
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Protocol
@@ -112,6 +113,7 @@ class FeatureConfig:
     fallback_days: int = 91
 
 
+_ZEROS = itertools.repeat(0.0)
 _GLOBAL_NAMES: tuple[str, ...] = (
     "recency_days",
     "recency_log",
@@ -180,71 +182,94 @@ def features(view: ActivityView, now: float, cfg: FeatureConfig) -> dict[str, fl
     (1.0, 1.0, 2.565)
     """
     log1p = math.log1p
-    tenure = max(view.tenure_days(now), 0.0)
+    # ``0.0 if x < 0.0 else x`` is ``max(x, 0.0)`` exactly (NaN and -0.0 included: ``max``
+    # keeps its first argument unless a later one is greater), without the call; likewise
+    # for the other clamps here and in _add_global.
+    tenure = view.tenure_days(now)
+    tenure = 0.0 if tenure < 0.0 else tenure
     tenure_log = log1p(tenure)
-    x: dict[str, float] = {}
     known = view.dimensions()
-    layout = _layout(cfg)
+    names, dims = _layout(cfg)
+    n_horizons = len(cfg.horizons)
     rows = _trailing(view, _present(cfg, known), cfg.horizons, now)
-    for dim, names, recency_name, trend_name in layout:
+    values: list[float] = []
+    push = values.append
+    for dim in dims:
         if dim not in known:
-            for name in names:
-                x[name] = 0.0
-            x[recency_name] = tenure_log
-            x[trend_name] = 0.0
+            values += (0.0,) * n_horizons
+            push(tenure_log)
+            push(0.0)
             continue
         totals, seen, drop = next(rows)
-        for name, total in zip(names, totals, strict=True):
-            x[name] = log1p(max(total, 0.0))
-        x[recency_name] = log1p(tenure if seen is None else max((now - seen) / DAY, 0.0))
-        x[trend_name] = 0.0 if drop is None else min(max(drop, -1.0), 1.0)
-    _add_global(x, view, now, cfg, tenure, tenure_log)
-    return x
+        if len(totals) != n_horizons:
+            raise ValueError(f"{dim}: {len(totals)} totals for {n_horizons} horizons")
+        values += map(log1p, map(max, totals, _ZEROS))  # log1p(max(total, 0.0)) each
+        if seen is None:
+            push(log1p(tenure))
+        else:
+            days = (now - seen) / DAY
+            push(log1p(0.0 if days < 0.0 else days))
+        if drop is None:
+            push(0.0)
+        else:
+            drop = -1.0 if drop < -1.0 else drop
+            push(1.0 if drop > 1.0 else drop)
+    _add_global(push, view, now, cfg, tenure, tenure_log)
+    return dict(zip(names, values, strict=True))
 
 
 def _add_global(
-    x: dict[str, float],
+    push: Callable[[float], None],
     view: ActivityView,
     now: float,
     cfg: FeatureConfig,
     tenure: float,
     tenure_log: float,
 ) -> None:
-    """The user-level features (recency, tenure, frequency, lifetime value) into ``x``."""
+    """The user-level features (recency, tenure, frequency, lifetime value), in
+    :data:`_GLOBAL_NAMES` then :data:`_SPEND_NAMES` order, through ``push``."""
     log1p = math.log1p
     seen = view.last_seen_in(cfg.activity_dim)
     last = view.last_seen if seen is None else seen
-    recency = max((now - last) / DAY, 0.0)
-    span = max((last - view.first_seen) / DAY, 0.0)
+    recency = (now - last) / DAY
+    recency = 0.0 if recency < 0.0 else recency
+    span = (last - view.first_seen) / DAY
+    span = 0.0 if span < 0.0 else span
     lifetime_days = getattr(view, "lifetime_days_active", None)
     active_days = float(
         lifetime_days() if lifetime_days is not None else view.days_active(cfg.fallback_days, now)
     )
-    active_days = max(active_days, 1.0)
+    active_days = 1.0 if active_days < 1.0 else active_days
     repeat = active_days > 1.0
     gap = span / (active_days - 1.0) if repeat else 0.0
     recency_log = log1p(recency)
     active_log = log1p(active_days)
-    x["recency_days"] = recency
-    x["recency_log"] = recency_log
-    x["recency_log_sq"] = recency_log * recency_log
-    x["tenure_log"] = tenure_log
-    x["recency_share"] = min(recency / tenure, 1.0) if tenure > 0.0 else 0.0
-    x["active_days_log"] = active_log
-    x["one_time"] = 0.0 if repeat else 1.0
-    x["mean_gap_log"] = log1p(gap)
-    x["recency_gap_ratio"] = log1p(recency / max(gap, 1.0)) if repeat else 0.0
-    x["frequency_log"] = log1p(30.0 * active_days / max(tenure, 1.0))
-    x["repeat_rate_log"] = log1p(30.0 * (active_days - 1.0) / max(span, 1.0))
-    x["recency_x_active_days"] = recency_log * active_log
-    x["recency_x_tenure"] = recency_log * tenure_log
-    x["active_day_share_28d"] = view.days_active(28, now) / min(28.0, max(tenure, 1.0))
-    x["events_log"] = log1p(_lifetime_total(view, cfg.activity_dim, now, cfg))
-    x["counterparts_log"] = log1p(max(view.counterparts_estimate(), 0))
+    tenure_1 = 1.0 if tenure < 1.0 else tenure
+    push(recency)  # recency_days
+    push(recency_log)
+    push(recency_log * recency_log)  # recency_log_sq
+    push(tenure_log)
+    if tenure > 0.0:  # recency_share
+        share = recency / tenure
+        push(1.0 if share > 1.0 else share)
+    else:
+        push(0.0)
+    push(active_log)  # active_days_log
+    push(0.0 if repeat else 1.0)  # one_time
+    push(log1p(gap))  # mean_gap_log
+    push(log1p(recency / (1.0 if gap < 1.0 else gap)) if repeat else 0.0)  # recency_gap_ratio
+    push(log1p(30.0 * active_days / tenure_1))  # frequency_log
+    push(log1p(30.0 * (active_days - 1.0) / (1.0 if span < 1.0 else span)))  # repeat_rate_log
+    push(recency_log * active_log)  # recency_x_active_days
+    push(recency_log * tenure_log)  # recency_x_tenure
+    push(view.days_active(28, now) / (tenure_1 if tenure_1 < 28.0 else 28.0))  # share_28d
+    push(log1p(_lifetime_total(view, cfg.activity_dim, now, cfg)))  # events_log
+    counterparts = view.counterparts_estimate()
+    push(log1p(0 if counterparts < 0 else counterparts))  # counterparts_log
     if cfg.spend_dim is not None:
         spend = _lifetime_total(view, cfg.spend_dim, now, cfg)
-        x["spend_log"] = log1p(spend)
-        x["spend_per_active_day_log"] = log1p(spend / active_days)
+        push(log1p(spend))  # spend_log
+        push(log1p(spend / active_days))  # spend_per_active_day_log
 
 
 def _lifetime_total(view: ActivityView, dim: str, now: float, cfg: FeatureConfig) -> float:
@@ -287,23 +312,18 @@ def _present(cfg: FeatureConfig, known: tuple[str, ...]) -> list[str]:
     return entry[1]
 
 
-_DimLayout = tuple[str, tuple[str, ...], str, str]
-_LAYOUTS: dict[int, tuple[FeatureConfig, tuple[_DimLayout, ...]]] = {}
+_LAYOUTS: dict[int, tuple[FeatureConfig, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
 
 
-def _layout(cfg: FeatureConfig) -> tuple[_DimLayout, ...]:
-    """Per dimension: its name, its per-horizon feature names, recency and trend names.
+def _layout(cfg: FeatureConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """:func:`feature_names` of ``cfg`` and its dimensions.
 
     Cached by identity (the entry keeps ``cfg`` alive, so its id cannot be reused): hashing
     the config on every call would cost more than the look-up saves.
     """
     entry = _LAYOUTS.get(id(cfg))
     if entry is None or entry[0] is not cfg:
-        names = tuple(
-            (dim, tuple(f"{dim}_{h}d" for h in cfg.horizons), f"{dim}_recency", f"{dim}_trend")
-            for dim in cfg.dims
-        )
-        entry = _LAYOUTS[id(cfg)] = (cfg, names)
+        entry = _LAYOUTS[id(cfg)] = (cfg, (feature_names(cfg), cfg.dims))
     return entry[1]
 
 

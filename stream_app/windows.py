@@ -34,8 +34,9 @@ import bisect
 import enum
 import functools
 import hashlib
-import heapq
+import itertools
 import math
+import operator
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -62,6 +63,12 @@ VERSION = 1
 _DAY_S = 86_400
 _DAY_MS = 86_400_000
 _HASH_BYTES = 8
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+# Endless arguments for ``map(functools.reduce, _ADDS, columns, _ZEROS)``: per column,
+# ``0.0 + v1 + v2 + ...`` left to right.
+_ADDS = itertools.repeat(operator.add)
+_ZEROS = itertools.repeat(0.0)
 
 
 class Outcome(enum.Enum):
@@ -359,9 +366,9 @@ class UserWindows:
         >>> s.total("spend", 1, 1e9), s.total("spend", 7, 1e9 + 8 * 86_400)
         (9.99, 0.0)
         """
-        end, memo = self._at(now)
+        end, memo, spans = self._at(now)
         idx = self._idx(dim)
-        return self._raw(memo, idx, end - days + 1, end) / self.cfg._plan.quanta[idx]
+        return self._raw(memo, spans, idx, end - days + 1, end) / self.cfg._plan.quanta[idx]
 
     def trailing(
         self, dims: Sequence[str], days: Sequence[int], now: float
@@ -374,64 +381,83 @@ class UserWindows:
         >>> s.trailing(["spend"], [1, 7], 86_400.0)
         [([0.0, 5.0], 0.0, None)]
         """
-        end, memo = self._at(now)
+        end, _, span_memo = self._at(now)
         bounds = self._baseline_bounds(end)
         spans = [(end - n + 1, end) for n in days]
         spans.append((end - 6, end))
         if bounds is not None:
             spans.append(bounds)
-        quanta, dim_last = self.cfg._plan.quanta, self.dim_last
-        idxs = [self._idx(dim) for dim in dims]
+        totals = self._span_totals(spans, span_memo)
+        plan, dim_last = self.cfg._plan, self.dim_last
+        index, quanta = plan.index, plan.quanta
+        # Per dimension, its totals over ``days`` in units (``t / q`` as in :meth:`total`).
+        scaled = list(
+            zip(*[map(operator.truediv, t, quanta) for t in totals[: len(days)]], strict=True)
+        )
+        recent = totals[len(days)]
+        base_totals = totals[-1]
         out = []
-        for idx, sums in zip(idxs, self._spans_many(idxs, spans), strict=True):
+        for dim in dims:
+            idx = index[dim] if dim in index else self._idx(dim)
             q = quanta[idx]
-            for span, total in zip(spans[len(days) :], sums[len(days) :], strict=True):
-                memo[(idx, *span)] = total
             drop = None
             if bounds is not None:
                 lo, hi = bounds
-                base = sums[-1] / q * 7 / (hi - lo + 1)
+                base = base_totals[idx] / q * 7 / (hi - lo + 1)
                 if base > 0:
-                    drop = 1 - sums[len(days)] / q / base
+                    drop = 1 - recent[idx] / q / base
             ms = dim_last[idx]
-            out.append(
-                ([t / q for t in sums[: len(days)]], None if ms is None else ms / 1000, drop)
-            )
+            out.append((list(scaled[idx]) if days else [], None if ms is None else ms / 1000, drop))
         return out
 
-    def _spans_many(self, idxs: list[int], spans: list[tuple[int, int]]) -> list[list[float]]:
-        """:meth:`_spans` of every dimension in ``idxs`` in one pass over the buckets.
-
-        Each total is accumulated in the same bucket order as :meth:`_raw` (daily, then
-        weekly, ascending); skipping zero amounts changes no sum, so the figures are
-        bit-identical to the single look-ups'.
+    def _span_totals(self, spans: list[tuple[int, int]], memo: _SpanMemo) -> list[list[float]]:
+        """Per span ``(lo, hi)`` of local days, every dimension's :meth:`_raw` total (memoized
+        in ``memo``, which :meth:`_raw` reads too), with the same float additions in the same
+        order as :meth:`_daily_sum` and :meth:`_weekly_add`, so bit-identical to them.
         """
-        n = len(spans)
-        totals = [[0.0] * n for _ in idxs]
-        rows = list(zip(totals, idxs, strict=True))
-        for d, values in self.daily:
-            hit = [k for k in range(n) if spans[k][0] <= d <= spans[k][1]]
-            if not hit:
-                continue
-            for row, idx in rows:
-                v = values[idx]
-                if v:
-                    for k in hit:
-                        row[k] += v
+        daily, weekly = self.daily, self.weekly
+        parts: dict[tuple[int, int], list[float]] = {}  # daily sums by bucket slice
+        everything = (0, len(daily))
+        oldest, newest = (daily[0][0], daily[-1][0]) if daily else (0, -1)
+        out = []
+        for span in spans:
+            total = memo.get(span)
+            if total is None:
+                lo, hi = span
+                if lo <= oldest and newest <= hi:  # often: every daily bucket
+                    cut = everything
+                else:
+                    cut = (
+                        bisect.bisect_left(daily, lo, key=_FIRST),
+                        bisect.bisect_right(daily, hi, key=_FIRST),
+                    )
+                total = parts.get(cut)
+                if total is None:
+                    inside = daily[cut[0] : cut[1]]
+                    if inside:
+                        # Per dimension ``0.0 + v1 + v2 + ...`` in bucket order, as _daily_sum.
+                        columns = zip(*map(_SECOND, inside), strict=True)
+                        total = list(map(functools.reduce, _ADDS, columns, _ZEROS))
+                    else:
+                        total = [0.0] * len(self.dim_last)
+                    parts[cut] = total
+                if weekly:
+                    total = self._weekly_into(total, lo, hi)
+                memo[span] = total
+            out.append(total)
+        return out
+
+    def _weekly_into(self, total: list[float], lo: int, hi: int) -> list[float]:
+        """:meth:`_weekly_add` for every dimension at once (adding a zero changes no sum here:
+        a total is never ``-0.0``)."""
         for week, bits, values in self.weekly:
-            count = bits.bit_count()
-            for k in range(n):
-                lo, hi = spans[k]
-                inside = bits & _mask(week, lo, hi)
-                if not inside:
-                    continue
-                full = inside == bits
-                share = inside.bit_count()
-                for row, idx in rows:
-                    v = values[idx]
-                    if v:
-                        row[k] += v if full else v * share / count
-        return totals
+            inside = bits & _mask(week, lo, hi)
+            if inside == bits:
+                total = list(map(operator.add, total, values))
+            elif inside:
+                share, count = inside.bit_count(), bits.bit_count()
+                total = [t + v * share / count for t, v in zip(total, values, strict=True)]
+        return total
 
     def _daily_sum(self, idx: int, lo: int, hi: int) -> float:
         total = 0.0
@@ -442,7 +468,7 @@ class UserWindows:
 
     def days_active(self, days: int, now: float) -> int:
         """Distinct local days with any event in the trailing ``days`` days (exact)."""
-        end, memo = self._at(now)
+        end, memo, _ = self._at(now)
         found = memo.get(days)
         if found is None:
             found = memo[days] = self._days_active(end - days + 1, end)
@@ -459,19 +485,20 @@ class UserWindows:
         >>> s.baseline("logins", 9 * 86_400.0)  # 1 login over its 3 baseline days
         2.3333333333333335
         """
-        end, memo = self._at(now)
+        end, memo, spans = self._at(now)
         bounds = self._baseline_bounds(end)
         if bounds is None:
             return 0.0
         lo, hi = bounds
         idx = self._idx(dim)
-        return self._raw(memo, idx, lo, hi) / self.cfg._plan.quanta[idx] * 7 / (hi - lo + 1)
+        return self._raw(memo, spans, idx, lo, hi) / self.cfg._plan.quanta[idx] * 7 / (hi - lo + 1)
 
     def _baseline_bounds(self, end: int) -> tuple[int, int] | None:
         """Local days ``(lo, hi)`` of the baseline window at day ``end``; None if empty."""
         first, last = self.cfg.baseline_weeks
         hi = end - 7 * (first - 1)
-        lo = max(end - 7 * last + 1, local_day(self.first_ms / 1000, self.offset_s))
+        first_day = math.floor((self.first_ms / 1000 + self.offset_s) / _DAY_S)  # local_day
+        lo = max(end - 7 * last + 1, first_day)
         return None if hi < lo else (lo, hi)
 
     def drop_ratio(self, dim: str, now: float) -> float | None:
@@ -512,19 +539,19 @@ class UserWindows:
         except KeyError:
             raise KeyError(f"unknown dimension {dim!r}") from None
 
-    def _at(self, now: float) -> tuple[int, _Memo]:
-        """``now``'s local day and the memo of sums at ``now`` (the last state's is kept).
+    def _at(self, now: float) -> tuple[int, _Memo, _SpanMemo]:
+        """``now``'s local day and the memos of sums at ``now`` (the last state's are kept).
 
         The engine reads the same state at the same instant from features, rules and tiers;
         the state is immutable, so whatever was computed for one of them holds for all.
         """
-        state, at, end, memo = _LAST[0]
+        state, at, end, memo, spans = _LAST[0]
         if state is self and at == now:
-            return end, memo
+            return end, memo, spans
         end = math.floor((now + self.offset_s) / _DAY_S)
-        memo = {}
-        _LAST[0] = (self, now, end, memo)
-        return end, memo
+        memo, spans = {}, {}
+        _LAST[0] = (self, now, end, memo, spans)
+        return end, memo, spans
 
     def _days_active(self, lo: int, end: int) -> int:
         count = 0
@@ -535,13 +562,16 @@ class UserWindows:
             count += (bits & _mask(week, lo, end)).bit_count()
         return count
 
-    def _raw(self, memo: _Memo, idx: int, lo: int, hi: int) -> float:
+    def _raw(self, memo: _Memo, spans: _SpanMemo, idx: int, lo: int, hi: int) -> float:
         """Total of dimension ``idx`` over local days ``lo..hi`` in its storage quantum,
         memoized; accumulated in bucket order like any float sum here."""
         key = (idx, lo, hi)
         found = memo.get(key)
         if found is not None:
             return found
+        row = spans.get((lo, hi))
+        if row is not None:
+            return row[idx]
         total = self._daily_sum(idx, lo, hi)
         if self.weekly:
             total = self._weekly_add(total, idx, lo, hi)
@@ -559,9 +589,11 @@ class UserWindows:
         return total
 
 
-# Sums memoized per state and instant: (idx, lo, hi) -> raw total, days -> active days.
+# Sums memoized per state and instant: (idx, lo, hi) -> raw total, days -> active days;
+# and (lo, hi) -> every dimension's raw total (:meth:`UserWindows._span_totals`).
 _Memo = dict[tuple[int, int, int] | int, float]
-_LAST: list[tuple[UserWindows | None, float, int, _Memo]] = [(None, math.nan, 0, {})]
+_SpanMemo = dict[tuple[int, int], list[float]]
+_LAST: list[tuple[UserWindows | None, float, int, _Memo, _SpanMemo]] = [(None, math.nan, 0, {}, {})]
 
 
 def _mask(week: int, lo: int, hi: int) -> int:
@@ -587,6 +619,7 @@ class WindowsBuilder:
 
     __slots__ = (
         "_late_ms",
+        "_n",
         "_plan",
         "cfg",
         "daily",
@@ -608,15 +641,16 @@ class WindowsBuilder:
         self.cfg = cfg
         self._plan = plan = cfg._plan
         self._late_ms = cfg.lateness_s * 1000
-        n = len(plan.names)
+        self._n = n = len(plan.names)
         self.last_ms: int | None = None
         self.first_ms = self.offset_s = self.max_day = 0
         self.dim_last: list[int | None] = [None] * n
-        # Buckets loaded from a state stay its tuples until an event writes to them (copy on
-        # write): an event touches one bucket, and freezing reuses the others as they are.
-        self.daily: dict[int, list[int] | tuple[int, ...]] = {}
-        self.weekly: dict[int, tuple[list[int], list[int]] | tuple[int, tuple[int, ...]]] = {}
-        self.ids: dict[bytes, int] = {}
+        # Buckets are tuples, as in a state: an event writes a new tuple into the one bucket it
+        # touches, so loading and freezing copy the dicts, never the buckets.  Week buckets
+        # are kept as the state's ``(week, day_bits, values)`` entries.
+        self.daily: dict[int, tuple[int, ...]] = {}
+        self.weekly: dict[int, tuple[int, int, tuple[int, ...]]] = {}
+        self.ids: set[bytes] = set()
         # ``ids`` as the sorted ``(second, hash)`` pairs of the loaded state plus those added
         # since, so freezing merges a few new pairs instead of sorting them all.
         self.ids_base: tuple[tuple[int, bytes], ...] = ()
@@ -638,8 +672,8 @@ class WindowsBuilder:
         )
         self.dim_last = list(s.dim_last)
         self.daily = dict(s.daily)
-        self.weekly = {w: (bits, v) for w, bits, v in s.weekly}
-        self.ids = {h: sec for sec, h in s.recent}
+        self.weekly = dict(zip(map(_FIRST, s.weekly), s.weekly, strict=True))
+        self.ids = set(map(_SECOND, s.recent))
         self.ids_base = s.recent
         self.kmv = list(s.counterparts)
         self.life = list(s.life_totals) if s.life_totals else [0] * n
@@ -651,10 +685,11 @@ class WindowsBuilder:
         last = self.last_ms
         if last is not None and t_ms < last - self._late_ms:
             return Outcome.LATE
-        h = _hash(ev.event_id, _HASH_BYTES)
-        if h in self.ids:
+        h = hashlib.blake2b(ev.event_id.encode(), digest_size=_HASH_BYTES).digest()
+        ids = self.ids
+        if h in ids:
             return Outcome.DUPLICATE
-        self.ids[h] = t_ms // 1000
+        ids.add(h)
         self.ids_added.append((t_ms // 1000, h))
         off = ev.utc_offset_s or 0
         day = (t_ms + off * 1000) // _DAY_MS
@@ -675,11 +710,29 @@ class WindowsBuilder:
 
     def _add(self, ev: AppEvent, t_ms: int, day: int) -> None:
         plan = self._plan
-        if self._new_day(day):
-            self.life_days += 1
-        values = self._bucket(day)
+        kind = ev.event
+        in_daily = day > self.max_day - self.cfg.daily_days
+        week = bits = 0
+        values: list[int] | None
+        if in_daily:
+            old = self.daily.get(day)
+            if old is None or not old[0]:
+                self.life_days += 1
+            values = [0] * self._n if old is None else list(old)
+        else:
+            week = _week(day)
+            slot = self.weekly.get(week)
+            bit = 1 << (day - 7 * week + 3)
+            if slot is None or not slot[1] & bit:
+                self.life_days += 1
+            if week < _week(self.max_day) - self.cfg.weeks_kept:
+                values = None
+            elif slot is None:
+                values, bits = [0] * self._n, bit
+            else:
+                values, bits = list(slot[2]), slot[1] | bit
         dim_last = self.dim_last
-        for idx in plan.touched.get(ev.event, ()):
+        for idx in plan.touched.get(kind, ()):
             seen = dim_last[idx]
             if seen is None or t_ms > seen:
                 dim_last[idx] = t_ms
@@ -688,7 +741,7 @@ class WindowsBuilder:
         if values is not None:
             values[0] += 1
         props = ev.properties
-        for idx, prop, mult in plan.rules.get(ev.event, ()):
+        for idx, prop, mult in plan.rules.get(kind, ()):
             if prop is None:
                 delta = int(mult)
             else:
@@ -702,56 +755,30 @@ class WindowsBuilder:
             life[idx] += delta
             if values is not None:
                 values[idx] += delta
-
-    def _new_day(self, day: int) -> bool:
-        """Whether no event was applied on this local day yet (days stay decidable within
-        the kept range, and the lateness bound is far shorter than that range)."""
-        if day > self.max_day - self.cfg.daily_days:
-            values = self.daily.get(day)
-            return values is None or values[0] == 0
-        week = _week(day)
-        slot = self.weekly.get(week)
-        if slot is None:
-            return True
-        bits = slot[0] if isinstance(slot[0], int) else slot[0][0]
-        return not bits >> (day - 7 * week + 3) & 1
-
-    def _bucket(self, day: int) -> list[int] | None:
-        if day > self.max_day - self.cfg.daily_days:
-            values = self.daily.get(day)
-            if values is None:
-                values = self.daily[day] = [0] * len(self._plan.names)
-            elif values.__class__ is tuple:
-                values = self.daily[day] = list(values)
-            return values  # type: ignore[return-value]
-        return self._week_bucket(day)
-
-    def _week_bucket(self, day: int) -> list[int] | None:
-        week = _week(day)
-        if week < _week(self.max_day) - self.cfg.weeks_kept:
-            return None
-        slot = self.weekly.get(week)
-        if slot is None:
-            slot = self.weekly[week] = ([0], [0] * len(self._plan.names))
-        elif isinstance(slot[0], int):
-            slot = self.weekly[week] = ([slot[0]], list(slot[1]))
-        bits, values = slot
-        assert isinstance(bits, list) and isinstance(values, list)
-        bits[0] |= 1 << (day - 7 * week + 3)
-        return values
+        if in_daily:
+            self.daily[day] = tuple(values)  # type: ignore[arg-type]
+        elif values is not None:
+            self.weekly[week] = (week, bits, tuple(values))
 
     def _advance(self, day: int) -> None:
         self.max_day = day
         cutoff = day - self.cfg.daily_days
-        for d in [d for d in self.daily if d <= cutoff]:
-            values = self.daily.pop(d)
-            target = self._week_bucket(d)
-            if target is not None:
-                for i, v in enumerate(values):
-                    target[i] += v
         oldest = _week(day) - self.cfg.weeks_kept
-        for w in [w for w in self.weekly if w < oldest]:
-            del self.weekly[w]
+        daily, weekly = self.daily, self.weekly
+        for d in [d for d in daily if d <= cutoff]:
+            values = daily.pop(d)
+            week = _week(d)
+            if week < oldest:
+                continue
+            bit = 1 << (d - 7 * week + 3)
+            slot = weekly.get(week)
+            if slot is None:
+                weekly[week] = (week, bit, values)
+            else:
+                merged = tuple(map(operator.add, slot[2], values))
+                weekly[week] = (week, slot[1] | bit, merged)
+        for w in [w for w in weekly if w < oldest]:
+            del weekly[w]
 
     def _counterparts(self, props: Mapping[str, Any]) -> None:
         k = self.cfg.counterpart_sketch
@@ -769,31 +796,33 @@ class WindowsBuilder:
 
     def freeze(self) -> UserWindows:
         """The current state as a value (prunes ids outside the lateness bound)."""
-        if self.last_ms is None:
+        last_ms = self.last_ms
+        if last_ms is None:
             raise ValueError("no event applied yet")
-        floor_s = self.last_ms // 1000 - self.cfg.lateness_s
+        floor_s = last_ms // 1000 - self.cfg.lateness_s
         base = self.ids_base
         recent = base[bisect.bisect_left(base, (floor_s,)) :]
-        if self.ids_added:
-            added = sorted(pair for pair in self.ids_added if pair[0] >= floor_s)
-            recent = tuple(heapq.merge(recent, added))
-        dim_last = list(self.dim_last)
-        dim_last[0] = self.last_ms
+        added = self.ids_added
+        if added:
+            if len(added) > 1 or added[0][0] < floor_s:
+                added = sorted(pair for pair in added if pair[0] >= floor_s)
+            if added:
+                if not recent or added[0] > recent[-1]:
+                    recent += tuple(added)  # the usual case: newer than every kept id
+                else:
+                    recent = tuple(sorted(recent + tuple(added)))  # a merge of sorted runs
+        dim_last = self.dim_last.copy()
+        dim_last[0] = last_ms
         return UserWindows(
             cfg=self.cfg,
             first_ms=self.first_ms,
-            last_ms=self.last_ms,
+            last_ms=last_ms,
             offset_s=self.offset_s,
             max_day=self.max_day,
             dim_last=tuple(dim_last),
-            daily=tuple(
-                (d, v if v.__class__ is tuple else tuple(v)) for d, v in sorted(self.daily.items())
-            ),
-            weekly=tuple(
-                (w, b, v) if isinstance(b, int) else (w, b[0], tuple(v))  # type: ignore[misc]
-                for w, (b, v) in sorted(self.weekly.items())
-            ),
-            recent=tuple(recent),
+            daily=tuple(sorted(self.daily.items())),
+            weekly=tuple(sorted(self.weekly.values())),
+            recent=recent,
             counterparts=tuple(self.kmv),
             life_totals=tuple(self.life),
             life_days=self.life_days,

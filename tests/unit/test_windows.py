@@ -93,6 +93,34 @@ def test_any_order_within_lateness_with_duplicates_gives_same_bytes(
     assert state == reference
 
 
+@settings(max_examples=150, deadline=None)
+@given(events(), st.data())
+def test_one_builder_per_event_gives_the_same_state_as_one_builder(
+    evs: list[AppEvent], data: st.DataObject
+) -> None:
+    """The engine's path (load the last state, apply one event, freeze; with duplicates and
+    bounded disorder) equals one builder fed the whole stream, and a builder keeps working
+    after a freeze."""
+    keys = data.draw(st.lists(st.floats(-1, 1), min_size=len(evs), max_size=len(evs)))
+    stream = bounded_shuffle(evs, keys, CFG.lateness_s)
+    stream += data.draw(st.lists(st.sampled_from(stream), max_size=5))
+    state: UserWindows | None = None
+    outcomes = []
+    for ev in stream:
+        state, outcome = apply_event(state, ev, CFG)
+        outcomes.append(outcome)
+    assert state is not None
+    builder = WindowsBuilder(CFG)
+    whole = []
+    for ev in stream:
+        whole.append(builder.apply(ev))
+        builder.freeze()
+    assert outcomes == whole
+    assert state == builder.freeze()
+    assert encode(state) == encode(builder.freeze())
+    assert decode(encode(state), CFG) == state
+
+
 @settings(max_examples=100, deadline=None)
 @given(events(), st.floats(1, 30 * DAY))
 def test_late_events_are_reported_and_change_nothing(evs: list[AppEvent], behind: float) -> None:
