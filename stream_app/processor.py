@@ -151,12 +151,20 @@ class Processor:
         passes, the worker reporting unhealthy meanwhile. Any other failure is narrowed to
         the event that causes it, which goes to the dead-letter topic. Either way the
         partition restarts from its last committed state, so nothing is applied twice.
+
+        The partitions of a batch share nothing (engine, users, keys, outbox), so they run
+        concurrently: one computes while another waits for its Redis commit or for the
+        broker to acknowledge its records.
         """
         by_partition: dict[tuple[str, int], list[Message]] = {}
         for m in messages:
             by_partition.setdefault((m.topic, m.partition), []).append(m)
-        for (topic, partition), msgs in sorted(by_partition.items()):
+        parts = sorted(by_partition.items())
+        if len(parts) == 1:
+            (topic, partition), msgs = parts[0]
             await self._with_retries(topic, partition, msgs)
+            return
+        await asyncio.gather(*(self._with_retries(t, p, msgs) for (t, p), msgs in parts))
 
     async def _with_retries(self, topic: str, partition: int, msgs: Sequence[Message]) -> None:
         delay = 0.1

@@ -180,8 +180,9 @@ def checkpoint_diff(a: bytes, b: bytes) -> list[int]:
 
 
 def _canonical_part(raw: bytes) -> Any:
-    """A checkpoint part in canonical form; the scorer's is a tuple holding its compressed
-    learned state and its rank sketch, which are compared inside."""
+    """A checkpoint part in canonical form; the scorer's is a tuple holding its learned state
+    (the compressed pickle of its small objects, and its big string-free leaves apart) and
+    its rank sketch, which are compared inside."""
     import pickle
     import zlib
 
@@ -189,7 +190,8 @@ def _canonical_part(raw: bytes) -> Any:
 
     obj = pickle.loads(raw)
     if isinstance(obj, tuple) and len(obj) == 3 and obj[0] == _CHECKPOINT:
-        learned = canonical_pickle(zlib.decompress(obj[1]))
+        light, leaves = pickle.loads(obj[1])
+        learned = (canonical_pickle(zlib.decompress(light)), leaves)
         return ("scorer", learned, canonical_pickle(pickle.dumps(obj[2], protocol=5)))
     return canonical_pickle(raw)
 
