@@ -3,7 +3,9 @@
 It reads the events topic with the same broker settings as the service's worker
 (``broker_rebalance_timeout=8``, ``broker_session_timeout=10``, ``broker_heartbeat_interval=1``,
 raw serialisers, earliest offsets, uvloop) and the same batching
-(``stream.take_events(1000, within=0.05)``), and only counts: no decoding, no Redis, no output.
+(``stream.take_events(BENCH_TAKE, within=BENCH_WITHIN)``, by default 1000 and 0.05 s; the
+throughput benchmark passes the worker's batch size and backlog window), and only counts: no
+decoding, no Redis, no output.
 
 ``GET /stats`` on its web port returns the count and, as unix seconds, when the first batch
 and the latest batch had been counted (``first_at`` with ``first_count`` events, ``last_at``),
@@ -41,6 +43,8 @@ GROUP = os.environ.get("BENCH_GROUP", "bench-passthrough")
 WEB_PORT = int(os.environ.get("BENCH_WEB_PORT", "6067"))
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
 DATADIR = os.environ.get("BENCH_DATADIR") or tempfile.mkdtemp(prefix="passthrough-")
+TAKE = int(os.environ.get("BENCH_TAKE", "1000"))
+WITHIN = float(os.environ.get("BENCH_WITHIN", "0.05"))
 FAST_DRAIN = os.environ.get("BENCH_FAST_DRAIN", "") == "1"
 os.makedirs(DATADIR, exist_ok=True)
 
@@ -75,7 +79,7 @@ stats: dict[str, float | int | None] = {
 @app.agent(events, name="passthrough")
 async def passthrough(stream: Any) -> None:
     """Count records, batch by batch, and note when."""
-    async for batch in stream.take_events(1000, within=0.05):
+    async for batch in stream.take_events(TAKE, within=WITHIN):
         stats["count"] = int(stats["count"] or 0) + len(batch)
         now = time.time()
         if stats["first_at"] is None:

@@ -234,6 +234,9 @@ def passthrough(
         "BENCH_PARTITIONS": str(settings.partitions),
         "BENCH_DATADIR": str(work / "faust" / group),
         "BENCH_FAST_DRAIN": "1" if fast_drain else "0",
+        # Batched like the worker under a backlog (which a pre-filled topic is).
+        "BENCH_TAKE": str(settings.batch_size),
+        "BENCH_WITHIN": str(settings.batch_backlog_window_s),
     }
     argv = [sys.executable, "-m", "bench.passthrough_app"]
     with spawn(argv, env, f"http://127.0.0.1:{port}", work / f"{group}.log") as proc:

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from stream_app import web
 from stream_app.core import build_core
+from stream_app.faust_batches import lag_exceeds, take_events_adaptive
 from stream_app.faust_fastpath import install_fast_drain
 from stream_app.kafka_clients import faust_credentials, redis_client
 from stream_app.metrics import Metrics
@@ -98,7 +99,14 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(events, name="churn-score")
     async def score(stream: Any) -> None:
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_window_s):
+        batches = take_events_adaptive(
+            stream,
+            settings.batch_size,
+            settings.batch_window_s,
+            settings.batch_backlog_window_s,
+            lambda events: lag_exceeds(app.consumer, events, settings.batch_size),
+        )
+        async for batch in batches:
             messages = [event.message for event in batch]
             await processor.handle(messages)
             report_lag(app, metrics, messages)

@@ -72,13 +72,23 @@ class Settings(BaseSettings):
         description="Hand each fetched event to Faust's stream without a task when it fits "
         "(faust-streaming 0.15.3 only); `false` keeps Faust's own per-event tasks.",
     )
-    batch_size: int = Field(1000, ge=1, le=100_000, description="Events per processing batch.")
+    batch_size: int = Field(
+        4000, ge=1, le=100_000, description="Most events in one processing batch."
+    )
     batch_window_s: float = Field(
         0.01,
         gt=0,
         le=10,
-        description="Longest wait to fill a batch, seconds; under a backlog batches fill "
-        "at once, so this only adds latency when the stream is slow.",
+        description="Wait to fill a batch, seconds, while the worker keeps up with the "
+        "stream; it is what batching adds to a slow stream's latency.",
+    )
+    batch_backlog_window_s: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="Longest wait to fill a batch while the worker is behind (more than "
+        "`batch_size` events wait in a partition): larger batches, fewer commits, until the "
+        "backlog is gone.",
     )
     clock: Literal["event", "live"] = Field(
         "live",
