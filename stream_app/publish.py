@@ -42,11 +42,13 @@ class BatchPublisher:
             return
         producer = self._producer()
         groups: dict[tuple[str, int], list[OutRecord]] = {}
+        known: dict[str, dict[bytes, int]] = {}
         for topic in {self._topics[r.topic_role] for r in records}:
             await producer.client._wait_on_metadata(topic)
+            known[topic] = self._known_partitions(producer, topic)
         for r in records:
             topic = self._topics[r.topic_role]
-            groups.setdefault((topic, self._partition(producer, topic, r)), []).append(r)
+            groups.setdefault((topic, _partition(producer, topic, r, known[topic])), []).append(r)
         pending = []
         for (topic, partition), group in groups.items():
             batch = producer.create_batch()
@@ -68,19 +70,25 @@ class BatchPublisher:
                 pending.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*pending)
 
-    def _partition(self, producer: Any, topic: str, record: OutRecord) -> int:
-        """The partition the producer's partitioner picks for the record's key (remembered
-        per key; a record without a key gets the partitioner's choice every time)."""
+    def _known_partitions(self, producer: Any, topic: str) -> dict[bytes, int]:
+        """The remembered key -> partition table of ``topic``, emptied when the topic's
+        partition count changed or the table is full."""
         count = len(producer.client.cluster.partitions_for_topic(topic) or ())
         known = self._partitions.get(topic)
         if known is None or known[0] != count or len(known[1]) >= PARTITION_CACHE_SIZE:
             known = self._partitions[topic] = (count, {})
-        key = record.key
-        if key is None:
-            return int(producer._partition(topic, None, None, record.value, None, record.value))
-        cached = known[1].get(key)
-        if cached is None:
-            cached = known[1][key] = int(
-                producer._partition(topic, None, key, record.value, key, record.value)
-            )
-        return cached
+        return known[1]
+
+
+def _partition(producer: Any, topic: str, record: OutRecord, known: dict[bytes, int]) -> int:
+    """The partition the producer's partitioner picks for the record's key (remembered in
+    ``known``; a record without a key gets the partitioner's choice every time)."""
+    key = record.key
+    if key is None:
+        return int(producer._partition(topic, None, None, record.value, None, record.value))
+    cached = known.get(key)
+    if cached is None:
+        cached = known[key] = int(
+            producer._partition(topic, None, key, record.value, key, record.value)
+        )
+    return cached
