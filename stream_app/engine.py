@@ -92,6 +92,8 @@ class PartitionEngine:
         # products the deadline sums would compute every time).
         self._rescore_s = tuple(days * DAY_S for days in core.rescore_after_days)
         self._retention_s = core.windows.retention_days * DAY_S
+        # Users whose windows took events in the current batch and are not frozen yet.
+        self._open: dict[str, tuple[WindowsBuilder, UserRecord]] = {}
 
     @property
     def watermark(self) -> float:
@@ -140,11 +142,14 @@ class PartitionEngine:
     ) -> BatchResult:
         """Apply ``events`` in order (then advance to ``until``); ``records`` is updated."""
         out = BatchResult()
+        self._open = {}
         for index, event in enumerate(events):
             self._advance(event.occurred_at, records, out)
             self._apply(index, event, records, out)
         if until is not None:
             self._advance(until, records, out)
+        for user in list(self._open):
+            self._close(user, records, out)
         return out
 
     def snapshot(self) -> bytes:
@@ -200,6 +205,8 @@ class PartitionEngine:
     def _tick(
         self, user: str, at: float, records: dict[str, UserRecord | None], out: BatchResult
     ) -> None:
+        if user in self._open:
+            self._close(user, records, out)
         record = records.get(user)
         if record is None:
             return
@@ -215,8 +222,12 @@ class PartitionEngine:
         self, index: int, event: AppEvent, records: dict[str, UserRecord | None], out: BatchResult
     ) -> None:
         user = event.user_id
-        record = records.get(user)
-        builder = WindowsBuilder(self.core.windows, record.windows if record else None)
+        open_ = self._open.get(user)
+        if open_ is None:
+            record = records.get(user)
+            builder = WindowsBuilder(self.core.windows, record.windows if record else None)
+        else:
+            builder, record = open_
         outcome = builder.apply(event)
         if outcome is Outcome.LATE:
             out.late.append(index)
@@ -225,14 +236,29 @@ class PartitionEngine:
             out.duplicates += 1
             return
         out.applied += 1
-        win = builder.freeze()
-        record = record.with_windows(win) if record else UserRecord(win)
         at = event.occurred_at
         self.state.labels.on_activity(user, at)
-        if record.alert.open or at - record.evaluated_at >= self.core.evaluate_every_s:
+        if (
+            record is None
+            or record.alert.open
+            or at - record.evaluated_at >= self.core.evaluate_every_s
+        ):
+            win = builder.freeze()
+            if open_ is not None:
+                del self._open[user]
+            record = record.with_windows(win) if record else UserRecord(win)
             self._evaluate(user, record, "activity", at, records, out)
-        else:
-            records[user] = out.users[user] = record
+        elif open_ is None:
+            # Not scored now: the windows stay open in the builder until the user is scored,
+            # ticked or the batch ends (:meth:`_close`), so a user's events in one batch
+            # cost one load and one freeze, not one each. ``out.users`` keeps its order.
+            self._open[user] = (builder, record)
+            out.users[user] = record
+
+    def _close(self, user: str, records: dict[str, UserRecord | None], out: BatchResult) -> None:
+        """Freeze the open windows of ``user`` into its record."""
+        builder, record = self._open.pop(user)
+        records[user] = out.users[user] = record.with_windows(builder.freeze())
 
     def _evaluate(
         self,

@@ -687,7 +687,7 @@ class WindowsBuilder:
             return Outcome.LATE
         h = hashlib.blake2b(ev.event_id.encode(), digest_size=_HASH_BYTES).digest()
         ids = self.ids
-        if h in ids:
+        if h in ids and self._kept(h, last):
             return Outcome.DUPLICATE
         ids.add(h)
         self.ids_added.append((t_ms // 1000, h))
@@ -707,6 +707,23 @@ class WindowsBuilder:
         if self.cfg.counterpart_keys and ev.properties:
             self._counterparts(ev.properties)
         return Outcome.APPLIED
+
+    def _kept(self, h: bytes, last_ms: int | None) -> bool:
+        """Whether id ``h`` would still be in the state frozen now.
+
+        ``ids`` holds every id loaded or applied since this builder started; freezing keeps
+        only those whose second is within ``lateness_s`` of the latest event. A builder that
+        applies several events before it is frozen (one per user and batch) must answer
+        as one frozen after every event would, so an id outside the bound is not a duplicate.
+        Only reached when ``h`` is in ``ids``, which is rare.
+        """
+        if last_ms is None:
+            return False
+        floor_s = last_ms // 1000 - self.cfg.lateness_s
+        for second, known in itertools.chain(self.ids_added, self.ids_base):
+            if known == h and second >= floor_s:
+                return True
+        return False
 
     def _add(self, ev: AppEvent, t_ms: int, day: int) -> None:
         plan = self._plan

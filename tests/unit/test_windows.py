@@ -121,6 +121,41 @@ def test_one_builder_per_event_gives_the_same_state_as_one_builder(
     assert decode(encode(state), CFG) == state
 
 
+@settings(max_examples=200, deadline=None)
+@given(events(max_days=10), st.data())
+def test_reloading_at_any_point_equals_one_open_builder(
+    evs: list[AppEvent], data: st.DataObject
+) -> None:
+    """The engine keeps a user's builder open across a batch and freezes it only when the
+    user is scored or the batch ends. Whatever the split, outcomes and state equal loading
+    the last state and freezing after every event, also when an event id comes back with
+    another time after it left the lateness bound (then it is not a duplicate)."""
+    pool = data.draw(st.integers(1, 6))
+    ids = data.draw(st.lists(st.integers(0, pool), min_size=len(evs), max_size=len(evs)))
+    stream = [
+        AppEvent(f"id{i}", e.user_id, e.event, e.occurred_at, e.properties, {}, e.utc_offset_s)
+        for i, e in zip(ids, sorted(evs, key=lambda e: e.occurred_at), strict=True)
+    ]
+    stepwise: UserWindows | None = None
+    expected = []
+    for ev in stream:
+        stepwise, outcome = apply_event(stepwise, ev, CFG)
+        expected.append(outcome)
+    cuts = set(data.draw(st.lists(st.integers(1, len(stream)), max_size=4)))
+    state: UserWindows | None = None
+    builder = WindowsBuilder(CFG)
+    outcomes = []
+    for i, ev in enumerate(stream):
+        if i in cuts and state is not None:
+            builder = WindowsBuilder(CFG, state)
+        outcomes.append(builder.apply(ev))
+        if i + 1 in cuts and builder.last_ms is not None:
+            state = builder.freeze()
+    assert outcomes == expected
+    assert stepwise is not None
+    assert builder.freeze() == stepwise
+
+
 @settings(max_examples=100, deadline=None)
 @given(events(), st.floats(1, 30 * DAY))
 def test_late_events_are_reported_and_change_nothing(evs: list[AppEvent], behind: float) -> None:
