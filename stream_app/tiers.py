@@ -40,9 +40,12 @@ import functools
 import hashlib
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from stream_app.slots import fast_constructor
 
 DAY_S = 86_400.0
 
@@ -244,20 +247,11 @@ class QuantileSketch:
         return cls(SketchLayout(lo, hi, bins), tuple(counts))
 
 
-# Frozen dataclasses set each field through ``object.__setattr__`` in ``__init__``; the
-# constructors here fill the slots through their descriptors instead, several times faster.
-# They make the same objects and skip only ``__post_init__`` checks, so they are used for
-# values that are valid by construction.
-_new = object.__new__
-_SKETCH_LAYOUT, _SKETCH_COUNTS = (getattr(QuantileSketch, f).__set__ for f in ("layout", "counts"))
-
-
-def _sketch(layout: SketchLayout, counts: tuple[int, ...]) -> QuantileSketch:
-    """A sketch from counts known to be valid (derived from a valid sketch by one move)."""
-    sketch: QuantileSketch = _new(QuantileSketch)
-    _SKETCH_LAYOUT(sketch, layout)
-    _SKETCH_COUNTS(sketch, counts)
-    return sketch
+# A sketch from counts known to be valid (derived from a valid sketch by one move), built
+# fast without the checks of ``__post_init__`` (see ``stream_app.slots``).
+_sketch: Callable[[SketchLayout, tuple[int, ...]], QuantileSketch] = fast_constructor(
+    QuantileSketch
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,17 +435,10 @@ class RfmSketches:
         return cls(out[0], out[1], out[2])
 
 
-_RFM_SLOTS = tuple(getattr(RfmSketches, f).__set__ for f in ("recency", "frequency", "monetary"))
-
-
-def _rfm_sketches(r: QuantileSketch, f: QuantileSketch, m: QuantileSketch) -> RfmSketches:
-    """``RfmSketches(r, f, m)``, built fast."""
-    sketches: RfmSketches = _new(RfmSketches)
-    set_r, set_f, set_m = _RFM_SLOTS
-    set_r(sketches, r)
-    set_f(sketches, f)
-    set_m(sketches, m)
-    return sketches
+# ``RfmSketches(r, f, m)``, built fast.
+_rfm_sketches: Callable[[QuantileSketch, QuantileSketch, QuantileSketch], RfmSketches] = (
+    fast_constructor(RfmSketches)
+)
 
 
 def _check_tiers(
@@ -516,25 +503,11 @@ class TierState:
         )
 
 
-_TIER_SLOTS = tuple(
-    getattr(TierState, f).__set__ for f in ("lifecycle", "value_segment", "rfm", "rfm_bins")
-)
-
-
-def _tier_state(
-    lifecycle: str | None,
-    value_segment: str | None,
-    rfm: tuple[int, int, int] | None,
-    rfm_bins: tuple[int, int, int] | None,
-) -> TierState:
-    """``TierState(...)`` from parts already checked, built fast."""
-    state: TierState = _new(TierState)
-    s0, s1, s2, s3 = _TIER_SLOTS
-    s0(state, lifecycle)
-    s1(state, value_segment)
-    s2(state, rfm)
-    s3(state, rfm_bins)
-    return state
+# ``TierState(...)`` from parts already checked, built fast.
+_tier_state: Callable[
+    [str | None, str | None, tuple[int, int, int] | None, tuple[int, int, int] | None],
+    TierState,
+] = fast_constructor(TierState)
 
 
 @dataclass(frozen=True, slots=True)

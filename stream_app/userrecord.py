@@ -8,10 +8,12 @@ MGET loads a user and one SET stores it; the encoding is deterministic, which is
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from stream_app import windows
 from stream_app.alerts import WarningState
+from stream_app.slots import fast_constructor
 from stream_app.tiers import TierState
 from stream_app.windows import UserWindows
 
@@ -69,50 +71,22 @@ class UserRecord:
         return _record(self.windows, self.alert, self.tiers, self.history, at)
 
 
-# ``UserRecord(...)`` and ``HistoryItem(...)`` fill their slots through
-# ``object.__setattr__`` (they are frozen); setting them through the slot descriptors makes
-# the same objects several times faster.
-_RECORD_SLOTS = tuple(
-    getattr(UserRecord, name).__set__
-    for name in ("windows", "alert", "tiers", "history", "evaluated_at")
-)
-_ITEM_LEVEL, _ITEM_AT = (getattr(HistoryItem, name).__set__ for name in ("level", "at"))
+# ``UserRecord(...)`` and ``HistoryItem(...)`` built fast (see ``stream_app.slots``).
+_record: Callable[
+    [UserWindows, WarningState, TierState, tuple[HistoryItem, ...], float], UserRecord
+] = fast_constructor(UserRecord)
+_record.__doc__ = """``UserRecord(windows, alert, tiers, history, evaluated_at)``, built fast.
 
-
-def _record(
-    win: UserWindows,
-    alert: WarningState,
-    tiers: TierState,
-    history: tuple[HistoryItem, ...],
-    evaluated_at: float,
-) -> UserRecord:
-    """``UserRecord(win, alert, tiers, history, evaluated_at)``, built fast.
-
-    >>> from stream_app.windows import AppEvent, WindowConfig, apply_event
-    >>> win, _ = apply_event(None, AppEvent("e", "u", "login", 0.0), WindowConfig.social_app())
-    >>> args = (win, WarningState(), TierState("new"), (HistoryItem(2, 5.0),), 7.0)
-    >>> fast, slow = _record(*args), UserRecord(*args)
-    >>> fast == slow, repr(fast) == repr(slow), hash(fast.history) == hash(slow.history)
-    (True, True, True)
-    >>> _history_item(2, 5.0) == HistoryItem(2, 5.0)
-    True
-    """
-    record: UserRecord = object.__new__(UserRecord)
-    s0, s1, s2, s3, s4 = _RECORD_SLOTS
-    s0(record, win)
-    s1(record, alert)
-    s2(record, tiers)
-    s3(record, history)
-    s4(record, evaluated_at)
-    return record
-
-
-def _history_item(level: int, at: float) -> HistoryItem:
-    """``HistoryItem(level, at)``, built fast."""
-    item: HistoryItem = object.__new__(HistoryItem)
-    _ITEM_LEVEL(item, level)
-    _ITEM_AT(item, at)
-    return item
+>>> from stream_app.windows import AppEvent, WindowConfig, apply_event
+>>> win, _ = apply_event(None, AppEvent("e", "u", "login", 0.0), WindowConfig.social_app())
+>>> args = (win, WarningState(), TierState("new"), (HistoryItem(2, 5.0),), 7.0)
+>>> fast, slow = _record(*args), UserRecord(*args)
+>>> fast == slow, repr(fast) == repr(slow), hash(fast.history) == hash(slow.history)
+(True, True, True)
+>>> _history_item(2, 5.0) == HistoryItem(2, 5.0)
+True
+"""
+_history_item: Callable[[int, float], HistoryItem] = fast_constructor(HistoryItem)
 
 
 _ITEM = struct.Struct("<Bd")

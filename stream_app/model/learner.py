@@ -46,6 +46,7 @@ from river._river_rust.stats import RsRollingROCAUC
 from stream_app.model.prior import PRIOR_VERSION, Prior, PriorConfig, Reason
 from stream_app.model.quality import LiveQuality, Source
 from stream_app.model.quantiles import RankSketch
+from stream_app.slots import fast_constructor
 
 __all__ = ["ChurnScorer", "Score", "ScorerConfig", "Switch"]
 
@@ -131,25 +132,9 @@ def _new(factory: Any, *args: Any, **params: Any) -> Any:
     return factory(*args, **params)
 
 
-# ``Score(...)`` fills its slots through ``object.__setattr__`` (it is frozen); setting them
-# through the slot descriptors makes the same object several times faster.
-_SCORE_SLOTS = tuple(
-    getattr(Score, f).__set__ for f in ("probability", "percentile", "reasons", "source", "version")
-)
-
-
-def _score(
-    probability: float, percentile: float, reasons: list[Reason], source: Source, version: str
-) -> Score:
-    """``Score(probability, percentile, reasons, source, version)``, built fast."""
-    score: Score = object.__new__(Score)
-    s0, s1, s2, s3, s4 = _SCORE_SLOTS
-    s0(score, probability)
-    s1(score, percentile)
-    s2(score, reasons)
-    s3(score, source)
-    s4(score, version)
-    return score
+# ``Score(probability, percentile, reasons, source, version)``, built fast (see
+# ``stream_app.slots``).
+_score: Callable[[float, float, list[Reason], Source, str], Score] = fast_constructor(Score)
 
 
 class ChurnScorer:
