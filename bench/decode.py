@@ -102,7 +102,7 @@ def main() -> None:
         "decode CE binary": lambda: [decode_event(v, h) for v, h in binary],
         "decode CE structured": lambda: [decode_event(v, h) for v, h in structured],
         "  orjson.loads only": lambda: [orjson.loads(v) for v in plain],
-        "  fastjsonschema only": lambda: [fast(d) for d in docs],
+        "  jsonschema-rs only": lambda: [fast(d) for d in docs],
         "  jsonschema (reference) only": lambda: [reference(d) for d in docs],
         "  cloudevents SDK from_binary only": _sdk_binary(binary),
     }

@@ -58,10 +58,12 @@ from types import MappingProxyType
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import fastjsonschema
+import jsonschema_rs
 import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import best_match
+
+from stream_app.slots import fast_constructor
 
 __all__ = [
     "APP_EVENT_TYPES",
@@ -266,11 +268,18 @@ def validator(name: str) -> Callable[[Mapping[str, Any]], None]:
 
 
 @cache
-def _fast_app_event_check() -> Callable[[Any], Any]:
-    """Compiled code is ~30x faster than ``jsonschema`` per event. Its ``date-time`` format
-    check is left to :func:`parse_rfc3339`, which runs anyway and yields ``bad_timestamp``."""
-    schema = load_schema("app_event.v1")
-    check: Callable[[Any], Any] = fastjsonschema.compile(schema, use_formats=False)
+def _fast_app_event_check() -> Callable[[Any], None]:
+    """The decode path's check of ``app_event.v1``: jsonschema-rs, a compiled (Rust) draft
+    2020-12 validator: ~0.85 us per typical event, against ~4 us for the compiled-to-Python
+    fastjsonschema it replaced and ~90 us for the reference ``jsonschema`` (``python -m
+    bench.decode``). It raises ``jsonschema_rs.ValidationError`` for the first
+    violation. Its ``date-time`` format check is left to :func:`parse_rfc3339`, which runs
+    anyway and yields ``bad_timestamp``. Patterns follow ECMA 262, as the specification
+    says: ``$`` matches only at the end of the text, not before a trailing newline as in
+    Python's ``re``."""
+    check: Callable[[Any], None] = jsonschema_rs.validator_for(
+        load_schema("app_event.v1"), validate_formats=False
+    ).validate
     return check
 
 
@@ -541,17 +550,25 @@ def _adopt_time(data: dict[str, Any], supplied: str) -> None:
 def _check_app_event(document: dict[str, Any]) -> None:
     try:
         _fast_app_event_check()(document)
-    except fastjsonschema.JsonSchemaValueException as exc:
-        path = "$" + "".join(f".{p}" for p in exc.path[1:])
-        message = str(exc.message).replace("data", "$", 1)
-        raise InvalidEvent("schema", f"{path}: {exc.rule}: {message}") from None
+    except jsonschema_rs.ValidationError as exc:
+        path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.instance_path)
+        rule = exc.schema_path[-1] if exc.schema_path else "schema"
+        message = exc.message if len(exc.message) <= 200 else exc.message[:197] + "..."
+        raise InvalidEvent("schema", f"{path}: {rule}: {message}") from None
+
+
+# ``AppEvent(...)`` with all seven fields, built fast (one per consumed event; see
+# ``stream_app.slots``).
+_app_event: Callable[
+    [str, str, str, float, Mapping[str, Any], Mapping[str, Any], int | None], AppEvent
+] = fast_constructor(AppEvent)
 
 
 def _build(document: dict[str, Any], now: float | None) -> AppEvent:
     at = _event_time(document["occurred_at"], now)
     context = document.get("context")
     zone = context.get("timezone") if context else None
-    return AppEvent(
+    return _app_event(
         document["event_id"],
         document["user_id"],
         document["event"],

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastjsonschema import JsonSchemaValueException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
+from jsonschema_rs import ValidationError
 
 from stream_app.records import (
     OUTPUT_TYPES,
@@ -259,7 +259,7 @@ DOCS = st.fixed_dictionaries(
 def verdict(check: Any, doc: dict[str, Any]) -> bool:
     try:
         check(doc)
-    except (SchemaViolation, JsonSchemaValueException):
+    except (SchemaViolation, ValidationError):
         return False
     return True
 
