@@ -21,9 +21,12 @@ Two latencies are exported because they answer different questions:
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter as _Tally
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -80,6 +83,45 @@ def bounded_kind(kind: str, known_kinds: Iterable[str]) -> str:
     a hostile producer) create unbounded series in Prometheus.
     """
     return kind if kind in known_kinds else OTHER_KIND
+
+
+def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
+    """``histogram.observe(v)`` for every value, taking each bucket's lock once.
+
+    ``observe`` takes two locks per value (the sum and the value's bucket), about 1.5 us,
+    which the worker would pay for every consumed event. Here the values are counted per
+    bucket first (the same rule: the first bucket whose upper bound is >= the value) and
+    added with one increment per bucket touched. It reads the histogram child's bucket
+    bounds and values, which prometheus-client (pinned) keeps in ``_upper_bounds``,
+    ``_buckets`` and ``_sum``; without them it falls back to ``observe``.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> h = Histogram("x_seconds", "x", buckets=(0.1, 1.0), registry=CollectorRegistry())
+    >>> observe_many(h, [0.05, 0.1, 0.5, 7.0])
+    >>> [b.get() for b in h._buckets], h._sum.get()
+    ([2.0, 1.0, 1.0], 7.65)
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    cast(Any, histogram)._raise_if_not_observable()  # refuses a labelled parent, as observe()
+    tally: _Tally[int] = _Tally()
+    added = 0.0
+    last = len(bounds)
+    for value in values:
+        added += value
+        i = bisect_left(bounds, value)
+        if i < last and value <= bounds[i]:  # NaN falls in no bucket, as with observe()
+            tally[i] += 1
+    if not tally and not added:
+        return
+    total.inc(added)
+    for i, n in tally.items():
+        buckets[i].inc(n)
 
 
 def render(registry: CollectorRegistry) -> bytes:

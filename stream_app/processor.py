@@ -30,7 +30,7 @@ from stream_app.alerts import LEVEL_NAMES
 from stream_app.core import Core
 from stream_app.engine import BatchResult, Output, PartitionEngine
 from stream_app.inspection import describe
-from stream_app.metrics import Metrics
+from stream_app.metrics import Metrics, observe_many
 from stream_app.records import AppEvent, InvalidEvent, OutRecord
 from stream_app.settings import Settings
 from stream_app.store import StaleEpoch, WindowStore
@@ -444,9 +444,7 @@ class Processor:
         for (dim, before, after), count in migrated.items():
             m.tier_migrations.labels(dimension=dim, from_tier=before, to_tier=after).inc(count)
         if r.scores:
-            observe = m.churn_probability.labels(scorer=engine.state.scorer.source).observe
-            for p in r.scores:
-                observe(p)
+            observe_many(m.churn_probability.labels(scorer=engine.state.scorer.source), r.scores)
         self._observe_model(partition, engine, r)
         if any(o.role == "tier" for o in r.outputs):
             self._observe_populations()
@@ -456,11 +454,14 @@ class Processor:
         on log-append-time topics) to the publication of its batch's outputs. Faust gives
         the timestamp in seconds."""
         now = time.time()
-        observe = self.metrics.processing_latency.observe
-        for m in msgs:
-            stamp = getattr(m, "timestamp", None)
-            if stamp:
-                observe(max(0.0, now - float(stamp)))
+        observe_many(
+            self.metrics.processing_latency,
+            [
+                max(0.0, now - float(stamp))
+                for m in msgs
+                if (stamp := getattr(m, "timestamp", None))
+            ],
+        )
 
     def _observe_model(self, partition: int, engine: PartitionEngine, r: BatchResult) -> None:
         m = self.metrics

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_app.metrics import OTHER_KIND, Metrics, bounded_kind, render
+from stream_app.metrics import OTHER_KIND, Metrics, bounded_kind, observe_many, render
 
 FORBIDDEN_LABELS = {"user", "user_id", "userid", "customer", "customer_id", "event_id"}
 REQUIRED = {
@@ -159,3 +161,46 @@ def test_forgetting_a_partition_removes_its_series() -> None:
     m.forget_partition("app.events", 1)
     assert m.registry.get_sample_value("churn_consumer_lag", {"topic": "app.events"}) is None
     assert b"churn_watermark_seconds{" not in render(m.registry)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(-1.0, 100.0, allow_nan=False),
+            st.sampled_from([0.0, 0.005, 0.01, 0.1, 1.0, 2.5, float("inf")]),
+        ),
+        max_size=50,
+    )
+)
+def test_observe_many_equals_observing_one_by_one(values: list[float]) -> None:
+    """Batched observation gives the exposition one ``observe`` per value gives (sums
+    compared to rounding: they are added in another order)."""
+    one, many = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.005, 0.01, 0.1, 1.0, 2.5)
+    h1 = Histogram("lat_seconds", "x", ["scorer"], buckets=buckets, registry=one)
+    h2 = Histogram("lat_seconds", "x", ["scorer"], buckets=buckets, registry=many)
+    child = h1.labels(scorer="prior")
+    for v in values:
+        child.observe(v)
+    observe_many(h2.labels(scorer="prior"), values)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    a, b = samples(one), samples(many)
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-9), key
+
+
+def test_observe_many_on_a_labelled_parent_is_refused_like_observe() -> None:
+    h = Histogram("lat_seconds", "x", ["scorer"], registry=CollectorRegistry())
+    with pytest.raises(ValueError):
+        h.observe(1.0)
+    with pytest.raises(ValueError):
+        observe_many(h, [1.0])
