@@ -16,7 +16,7 @@ Configured from the environment (the benchmarks set it)::
     BENCH_BOOTSTRAP=127.0.0.1:19092 BENCH_TOPIC=app.events BENCH_GROUP=passthrough-1 \\
     BENCH_WEB_PORT=6067 BENCH_PARTITIONS=4 python -m bench.passthrough_app
 
-which is ``python -m faust -A bench.passthrough_app --loop uvloop worker`` with the log level
+which is ``python -m faust -A bench.passthrough_app worker`` on uvloop with the log level
 and web port filled in. ``BENCH_DATADIR`` is where Faust keeps its folder (a temp dir).
 
 ``BENCH_FAST_DRAIN=1`` gives the agent the worker's fast message drain
@@ -26,16 +26,22 @@ other value keeps stock Faust. ``/stats`` says which one ran (``fast_drain``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import tempfile
 import time
 from typing import Any
 
-import faust
-from faust.web import Request, Response, View
+import mode.loop
 
-from stream_app.faust_fastpath import install_fast_drain
+# Faust applies ``--loop`` only when first imported, so the loop policy is set first.
+mode.loop.use("uvloop")
+
+import faust  # noqa: E402
+from faust.web import Request, Response, View  # noqa: E402
+
+from stream_app.faust_fastpath import install_fast_drain  # noqa: E402
 
 BOOTSTRAP = os.environ.get("BENCH_BOOTSTRAP", "127.0.0.1:19092")
 TOPIC = os.environ.get("BENCH_TOPIC", "app.events")
@@ -92,12 +98,13 @@ class StatsView(View):
     """The counters as JSON."""
 
     async def get(self, request: Request) -> Response:
-        return self.json(stats)
+        loop = type(asyncio.get_running_loop())
+        return self.json({**stats, "event_loop": f"{loop.__module__}.{loop.__qualname__}"})
 
 
 def main() -> None:
-    """Run the worker: ``--loop uvloop worker`` with a quiet log."""
-    sys.argv = [sys.argv[0] or "passthrough", "--loop", "uvloop", "worker", "-l", "warn"]
+    """Run the worker (``worker -l warn``) on uvloop, chosen at import."""
+    sys.argv = [sys.argv[0] or "passthrough", "worker", "-l", "warn"]
     app.main()
 
 

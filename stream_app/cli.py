@@ -22,6 +22,13 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _worker(args: argparse.Namespace) -> int:
+    if args.uvloop:
+        # Faust applies ``--loop`` only when it is first imported (from ``sys.argv`` or
+        # ``FAUST_LOOP``), which happens before the arguments below are set; choose the loop
+        # policy here, before the app or anything else creates a loop.
+        import mode.loop
+
+        mode.loop.use("uvloop")
     from stream_app.app import create_app
 
     settings = load_settings()
@@ -30,10 +37,12 @@ def _worker(args: argparse.Namespace) -> int:
     # frozen start-up heap keep the collector off the hot path.
     gc.set_threshold(50_000, 20, 100)
     gc.freeze()
-    argv = [sys.argv[0] or "stream-app"]
-    if args.uvloop:
-        argv += ["--loop", "uvloop"]
-    argv += ["worker", "-l", {"warning": "warn"}.get(settings.log_level, settings.log_level)]
+    argv = [
+        sys.argv[0] or "stream-app",
+        "worker",
+        "-l",
+        {"warning": "warn"}.get(settings.log_level, settings.log_level),
+    ]
     sys.argv = argv
     app.main()
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any
 
@@ -42,6 +43,7 @@ def register(
                 "healthy": ok,
                 "partitions": sorted(f"{t}:{p}" for t, p in processor.owned),
                 "assigned": _assigned(app),
+                "event_loop": _loop_name(),
             }
             return self.json(body, status=200 if ok else 503)
 
@@ -66,6 +68,12 @@ def register(
                 return self.json({"error": "unauthorised"}, status=401)
             removed = await processor.forget(user_id)
             return self.json({"user_id": user_id, "keys_removed": removed})
+
+
+def _loop_name() -> str:
+    """The running event loop's class, e.g. ``uvloop.Loop`` (``--no-uvloop``: asyncio's)."""
+    loop = type(asyncio.get_running_loop())
+    return f"{loop.__module__}.{loop.__qualname__}"
 
 
 def _assigned(app: faust.App) -> list[str]:

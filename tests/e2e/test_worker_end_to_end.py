@@ -7,7 +7,9 @@ too (his own deadline passes before his event is applied) and then recovers.
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -108,3 +110,5 @@ def test_events_in_warnings_out_bad_input_to_dlq(worker: Any, kafka_bootstrap: s
     assert ("bob", "recovered", T0 + timedelta(days=75)) in seen
     assert [s for s in seen if s[0] == "bob"][-1][1] == "recovered"
     assert worker.proc.poll() is None, "the worker must keep going after bad input"
+    with urllib.request.urlopen(f"{worker.web_url}/health", timeout=5) as resp:
+        assert json.loads(resp.read())["event_loop"] == "uvloop.Loop"
