@@ -1,4 +1,5 @@
-"""Throughput of the full pipeline in one worker, side by side with a bare Faust pass-through.
+"""Throughput of the full pipeline in one worker, side by side with a bare Faust pass-through
+and the naive Faust pipeline.
 
 Run from a checkout::
 
@@ -11,24 +12,29 @@ What it does, in one run:
    dir, with enough users that ``--events`` events fit in ~30 days;
 2. replays the first ``--events`` events into a fresh events topic of ``--partitions``
    partitions (as fast as the producer goes), *before* any consumer starts;
-3. runs a bare Faust pass-through agent (``bench/passthrough_app.py``: same broker settings
+3. runs the naive Faust pipeline (``bench/naive_app.py``: stock Faust, per event a decode, one
+   Redis ZADD + trim + count round trip, a river prediction and a send) on that pre-filled
+   topic in its own consumer group, with its own Redis key prefix and output topic, until it
+   has handled every event; stops it. The goal's 3x is against this one;
+4. runs a bare Faust pass-through agent (``bench/passthrough_app.py``: same broker settings
    and batching as the worker, only counts) on that pre-filled topic in its own consumer
    group, until it has seen every event; stops it; then the same agent again with the
    worker's Faust fast path (``CHURN_FAUST_FAST_DRAIN``; ``BENCH_FAST_DRAIN=1``) in another
-   fresh group. The goal's ratio is against stock Faust; the ratio against the fast-path
+   fresh group. The 0.8x goal's ratio is against stock Faust; the one against the fast-path
    pass-through says what the service's own work costs on top of the Faust it runs on;
-4. runs one ``stream-app worker`` (event clock, fresh consumer group and Redis key prefix, so
+5. runs one ``stream-app worker`` (event clock, fresh consumer group and Redis key prefix, so
    it starts from offset 0 with no state) on the same topic until it has committed every
    event; stops it.
 
-The consumers run one after the other, never together (the machine may have two cores).
-Both are measured from the consumer side, "first to last event": for the worker, the offsets
-it commits to Redis are polled every ``--poll`` seconds and the rate is events committed after
-the first observed progress divided by the time from that first progress to completion; the
-pass-through reports the same (time and count after its first batch, time of its last batch)
-on its web port. Consumer group join and start-up are therefore excluded from both. The CPU
-seconds the consumer process used over that span are read from /proc and reported too
-(events per CPU second is steadier than events per second on a shared machine).
+``--no-naive`` skips step 3. The consumers run one after the other, never together (the
+machine may have two cores). All are measured from the consumer side, "first to last event":
+for the worker, the offsets it commits to Redis are polled every ``--poll`` seconds and the
+rate is events committed after the first observed progress divided by the time from that
+first progress to completion; the pass-through and the naive pipeline report the same (time
+and count after their first batch or event, time of their last) on their web port. Consumer
+group join and start-up are therefore excluded from all. The CPU seconds the consumer process
+used over that span are read from /proc and reported too (events per CPU second is steadier
+than events per second on a shared machine).
 
 Prints one JSON object on stdout; progress goes to stderr. Everything started (broker, Redis,
 the consumer processes) is stopped by PID on exit, also on failure or Ctrl-C. The helpers here
@@ -243,6 +249,57 @@ def passthrough(
         yield proc
 
 
+@contextlib.contextmanager
+def naive(settings: Settings, topic: str, output_topic: str, work: Path) -> Iterator[Proc]:
+    """The naive Faust pipeline on ``topic`` in a consumer group of its own, with its own Redis
+    key prefix on the run's Redis and its own ``output_topic`` (created here)."""
+    stack.create_topics(settings, [output_topic])
+    port = free_port()
+    group = f"naive-{uuid.uuid4().hex[:6]}"
+    env = {
+        **os.environ,
+        "BENCH_BOOTSTRAP": settings.kafka_bootstrap,
+        "BENCH_TOPIC": topic,
+        "BENCH_GROUP": group,
+        "BENCH_WEB_PORT": str(port),
+        "BENCH_PARTITIONS": str(settings.partitions),
+        "BENCH_DATADIR": str(work / "faust" / group),
+        "BENCH_REDIS_URL": settings.redis_url,
+        "BENCH_REDIS_PREFIX": f"{group}:",
+        "BENCH_OUTPUT_TOPIC": output_topic,
+    }
+    argv = [sys.executable, "-m", "bench.naive_app"]
+    with spawn(argv, env, f"http://127.0.0.1:{port}", work / f"{group}.log") as proc:
+        yield proc
+
+
+def topic_records(settings: Settings, topic: str) -> int:
+    """How many records ``topic`` holds: the highest offset read + 1, summed over partitions.
+
+    Read rather than asked for: the embedded broker's ListOffsets answers with the base offset
+    of a partition's last stored batch, not the offset after its last record, so only the tail
+    from there on is read (from one record before it, so a real Kafka's end works too).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    from stream_app.kafka_clients import kafka_python_config
+
+    consumer = KafkaConsumer(
+        **kafka_python_config(settings), enable_auto_commit=False, consumer_timeout_ms=2000
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(tps)
+        for tp, end in consumer.end_offsets(tps).items():
+            consumer.seek(tp, max(end - 1, 0))
+        last = {tp.partition: -1 for tp in tps}
+        for record in consumer:
+            last[record.partition] = max(last[record.partition], record.offset)
+        return sum(offset + 1 for offset in last.values())
+    finally:
+        consumer.close()
+
+
 def get_json(url: str) -> Any:
     """GET a JSON document (None while the server does not answer)."""
     try:
@@ -316,8 +373,11 @@ def measure_worker(
     return rates(first, (now, done), cpu, marks, expected)
 
 
-def measure_passthrough(proc: Proc, expected: int, poll: float, timeout: float) -> dict[str, Any]:
-    """Poll the pass-through's /stats until it has counted ``expected`` records."""
+def measure_passthrough(
+    proc: Proc, expected: int, poll: float, timeout: float, name: str = "pass-through"
+) -> dict[str, Any]:
+    """Poll the pass-through's (or the naive pipeline's) /stats until it has counted
+    ``expected`` records."""
     deadline = time.monotonic() + timeout
     marks: list[tuple[float, int]] = []
     cpu_first: float | None = None
@@ -333,14 +393,16 @@ def measure_passthrough(proc: Proc, expected: int, poll: float, timeout: float) 
             cpu = cpu_seconds(proc.pid) - (cpu_first or 0.0)
             break
         if time.monotonic() > deadline:
-            raise TimeoutError(f"pass-through counted {count}/{expected} in {timeout:.0f} s")
+            raise TimeoutError(f"{name} counted {count}/{expected} in {timeout:.0f} s")
         if time.monotonic() - last_log > 10:
             check_alive([proc])
-            log(f"pass-through: {count}/{expected} counted")
+            log(f"{name}: {count}/{expected} counted")
             last_log = time.monotonic()
         time.sleep(poll)
     first = (float(stats["first_at"]), int(stats["first_count"]))
-    return rates(first, (float(stats["last_at"]), count), cpu, marks, expected)
+    result = rates(first, (float(stats["last_at"]), count), cpu, marks, expected)
+    result["event_loop"] = stats.get("event_loop")
+    return result
 
 
 def rates(
@@ -388,8 +450,9 @@ def run_worker_phase(
             procs.append(procs_stack.enter_context(worker(s, work / f"{run.app_id}-{i}.log")))
         log(f"{name}: {workers} worker(s) started, group {run.app_id}")
         result = measure_worker(run, topic, expected, procs, poll, timeout)
-        owned = [(get_json(f"{p.url}/health") or {}).get("partitions") for p in procs]
-    result["partitions_owned_at_end"] = owned
+        health = [get_json(f"{p.url}/health") or {} for p in procs]
+    result["partitions_owned_at_end"] = [h.get("partitions") for h in health]
+    result["event_loop"] = sorted({str(h.get("event_loop")) for h in health})
     log(f"{name}: {result['events_per_s']:,.0f} events/s")
     return result
 
@@ -410,6 +473,20 @@ def run_passthrough_phase(
         log(f"{name} started (pid {proc.pid})")
         result = measure_passthrough(proc, expected, poll, timeout)
     log(f"{name}: {result['events_per_s']:,.0f} events/s")
+    return result
+
+
+def run_naive_phase(
+    settings: Settings, topic: str, expected: int, work: Path, *, poll: float, timeout: float
+) -> dict[str, Any]:
+    """Run the naive Faust pipeline in a fresh group until it has handled every event; with
+    the number of records its output topic got (counted after it stopped)."""
+    output_topic = f"bench-{uuid.uuid4().hex[:6]}.naive.warnings"
+    with naive(settings, topic, output_topic, work) as proc:
+        log(f"naive pipeline started (pid {proc.pid})")
+        result = measure_passthrough(proc, expected, poll, timeout, "naive pipeline")
+    result["output_topic_records"] = topic_records(settings, output_topic)
+    log(f"naive pipeline: {result['events_per_s']:,.0f} events/s")
     return result
 
 
@@ -441,11 +518,18 @@ def common_arguments(parser: argparse.ArgumentParser, events: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     common_arguments(parser, 250_000)
+    parser.add_argument(
+        "--no-naive", action="store_true", help="skip the naive Faust pipeline reference"
+    )
     args = parser.parse_args()
     terminate_on_sigterm()
     result: dict[str, Any] = {"benchmark": "throughput", "machine": machine()}
     with workdir(args.keep) as work, bench_stack(work, args.partitions, clock="event") as base:
         topic, result["produce"] = prefilled_topic(base, work, args.events, args.seed)
+        if not args.no_naive:
+            result["naive"] = run_naive_phase(
+                base, topic, args.events, work, poll=args.poll, timeout=args.timeout
+            )
         result["passthrough"] = run_passthrough_phase(
             base, topic, args.events, work, poll=args.poll, timeout=args.timeout
         )
@@ -466,17 +550,27 @@ def main() -> None:
     cpu_a = result["pipeline"].get("events_per_cpu_s")
     cpu_b = result["passthrough"].get("events_per_cpu_s")
     same = result["pipeline"]["events_per_s"] / result["passthrough_fast_drain"]["events_per_s"]
+    naive_order = "" if args.no_naive else "naive pipeline, "
     result.update(
         events=args.events,
         partitions=args.partitions,
-        order="stock pass-through, fast-drain pass-through, then the worker; never "
-        "concurrently; same pre-filled topic",
+        order=f"{naive_order}stock pass-through, fast-drain pass-through, then the worker; "
+        "never concurrently; same pre-filled topic",
         ratio_pipeline_to_passthrough=round(ratio, 3),
         ratio_per_cpu_s=round(cpu_a / cpu_b, 3) if cpu_a and cpu_b else None,
         ratio_pipeline_to_fast_drain_passthrough=round(same, 3),
         goal="pipeline >= 0.8x pass-through",
         goal_met=ratio >= 0.8,
     )
+    if "naive" in result:
+        to_naive = result["pipeline"]["events_per_s"] / result["naive"]["events_per_s"]
+        cpu_n = result["naive"].get("events_per_cpu_s")
+        result.update(
+            ratio_pipeline_to_naive=round(to_naive, 3),
+            ratio_pipeline_to_naive_per_cpu_s=round(cpu_a / cpu_n, 3) if cpu_a and cpu_n else None,
+            goal_3x_naive="pipeline >= 3x the naive Faust pipeline",
+            goal_3x_naive_met=to_naive >= 3,
+        )
     print(json.dumps(result, indent=2))
 
 
