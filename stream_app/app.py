@@ -21,7 +21,7 @@ from stream_app.faust_batches import lag_exceeds, take_events_adaptive
 from stream_app.faust_fastpath import install_fast_drain
 from stream_app.kafka_clients import faust_credentials, redis_client
 from stream_app.metrics import Metrics
-from stream_app.processor import Processor
+from stream_app.processor import Processor, per_record
 from stream_app.publish import BatchPublisher
 from stream_app.records import REASONS, OutRecord
 from stream_app.settings import Settings
@@ -81,8 +81,8 @@ def create_app(settings: Settings) -> faust.App:
     }
 
     async def send(record: OutRecord) -> Any:
-        # One record straight to Faust's producer (the batch path below is what the
-        # processor uses): Faust's ``Topic.send`` wraps every record in channel, event and
+        # Only where the aiokafka producer cannot be reached (see below): one record straight
+        # to Faust's producer. Faust's ``Topic.send`` wraps every record in channel, event and
         # future objects, which on a backlog of tier changes cost more than the rest.
         return await app.producer.send(
             topic_names[record.topic_role],
@@ -94,8 +94,10 @@ def create_app(settings: Settings) -> faust.App:
         )
 
     producer = aiokafka_producer(app)
-    publish = None if producer is None else BatchPublisher(producer, topic_names).publish
-    processor = Processor(settings, core, store, metrics, send, publish)
+    publish = (
+        per_record(send) if producer is None else BatchPublisher(producer, topic_names).publish
+    )
+    processor = Processor(settings, core, store, metrics, publish)
 
     @app.agent(events, name="churn-score")
     async def score(stream: Any) -> None:

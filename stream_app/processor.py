@@ -49,6 +49,20 @@ ROLES = {"warning": "warnings", "recovered": "warnings", "tier": "tiers"}
 Send = Callable[[OutRecord], Awaitable[Awaitable[Any]]]
 Publish = Callable[[Sequence[OutRecord]], Awaitable[None]]
 
+
+def per_record(send: Send) -> Publish:
+    """A :data:`Publish` over a per-record ``send`` (hands one record to the producer and
+    returns its delivery future): every record handed over in order, then every delivery
+    awaited."""
+
+    async def publish(out: Sequence[OutRecord]) -> None:
+        pending = [await send(record) for record in out]
+        if pending:
+            await asyncio.gather(*pending)
+
+    return publish
+
+
 TRANSIENT: tuple[type[BaseException], ...] = (
     ConnectionError,
     TimeoutError,
@@ -100,17 +114,15 @@ class Processor:
         core: Core,
         store: WindowStore,
         metrics: Metrics,
-        send: Send,
-        publish: Publish | None = None,
+        publish: Publish,
     ) -> None:
-        """``send`` hands one record to the producer and returns its delivery future;
-        ``publish``, when given, sends a whole list and waits for its delivery (the worker
-        passes :class:`stream_app.publish.BatchPublisher`), and ``send`` is not used."""
+        """``publish`` sends a batch's records, in order, and returns once the broker has
+        acknowledged them all (the worker passes :class:`stream_app.publish.BatchPublisher`;
+        :func:`per_record` makes one from a per-record send)."""
         self.settings = settings
         self.core = core
         self.store = store
         self.metrics = metrics
-        self.send = send
         self.publish = publish
         self.owned: dict[tuple[str, int], _Owned] = {}
         self.healthy = True
@@ -130,7 +142,7 @@ class Processor:
             engine = PartitionEngine(self.core, snap.blob if snap else None, dict(due), entries)
             pending = await self._redis("load_outbox", self.store.load_outbox(topic, partition))
             if pending:
-                await self._publish(unpack_outbox(pending))
+                await self.publish(unpack_outbox(pending))
             owned = self.owned[key] = _Owned(
                 engine, snap.offset if snap else -1, asyncio.Lock(), snap.epoch if snap else 0
             )
@@ -224,7 +236,7 @@ class Processor:
             result = owned.engine.process((), {})
             await self._commit(owned, topic, partition, m.offset, result, out)
             owned.offset = m.offset
-        await self._publish(out)
+        await self.publish(out)
 
     async def _partition_batch(
         self, topic: str, partition: int, owned: _Owned, msgs: Sequence[Message]
@@ -243,7 +255,7 @@ class Processor:
         out.extend(self._publishable(result.outputs))
         await self._commit(owned, topic, partition, fresh[-1].offset, result, out)
         owned.offset = fresh[-1].offset
-        await self._publish(out)
+        await self.publish(out)
         self._observe(topic, partition, owned.engine, result, len(fresh), started)
         self._observe_arrivals(fresh)
 
@@ -317,14 +329,6 @@ class Processor:
             )
             for o in outputs
         ]
-
-    async def _publish(self, out: Sequence[OutRecord]) -> None:
-        if self.publish is not None:
-            await self.publish(out)
-            return
-        pending = [await self.send(r) for r in out]
-        if pending:
-            await asyncio.gather(*pending)
 
     async def _commit(
         self,
@@ -498,7 +502,7 @@ class Processor:
                 result = engine.process((), records, until=until)
                 out = self._publishable(result.outputs)
                 await self._commit(owned, topic, partition, owned.offset, result, out, same=True)
-                await self._publish(out)
+                await self.publish(out)
                 self._observe(topic, partition, engine, result, 0, time.perf_counter())
 
     async def store_ok(self) -> bool:

@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from stream_app.core import build_core
 from stream_app.kafka_clients import kafka_python_config, redis_client
 from stream_app.metrics import Metrics
-from stream_app.processor import Processor
+from stream_app.processor import Processor, per_record
 from stream_app.records import REASONS, OutRecord
 from stream_app.settings import Settings
 from stream_app.store import RedisWindowStore
@@ -292,7 +292,9 @@ class Reference:
             client = redis_client(self.settings)
             store = RedisWindowStore(client, self.settings.key_prefix)
             metrics = Metrics.create(CollectorRegistry(), invalid_reasons=sorted(REASONS))
-            proc = Processor(self.settings, build_core(self.settings), store, metrics, self._send)
+            proc = Processor(
+                self.settings, build_core(self.settings), store, metrics, per_record(self._send)
+            )
             try:
                 for i in range(0, len(ordered), batch):
                     await proc.handle(ordered[i : i + batch])

@@ -30,7 +30,7 @@ from tests_support import free_port_for_test
 
 from stream_app.core import build_core
 from stream_app.metrics import Metrics
-from stream_app.processor import Processor, partition_of
+from stream_app.processor import Processor, partition_of, per_record
 from stream_app.records import AppEvent
 from stream_app.settings import Settings
 from stream_app.store import MemoryWindowStore
@@ -149,7 +149,7 @@ def test_forget_drops_the_users_in_memory_state() -> None:
             return done
 
         metrics = Metrics.create(CollectorRegistry())
-        proc = Processor(settings, build_core(settings), store, metrics, send)
+        proc = Processor(settings, build_core(settings), store, metrics, per_record(send))
         events = [
             AppEvent(f"e{i}", f"u{i % 3}", "login", 1_700_000_000.0 + i * 3600) for i in range(30)
         ]

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from stream_app.core import build_core
 from stream_app.engine import PartitionEngine
 from stream_app.metrics import Metrics
-from stream_app.processor import Processor
+from stream_app.processor import Processor, per_record
 from stream_app.records import OutRecord
 from stream_app.settings import load_settings
 from stream_app.store import MemoryWindowStore
@@ -55,7 +55,7 @@ def processor(store: Any) -> tuple[Processor, list[OutRecord]]:
 
     settings = load_settings(partitions=1)
     metrics = Metrics.create(CollectorRegistry())
-    return Processor(settings, build_core(settings), store, metrics, send), sent
+    return Processor(settings, build_core(settings), store, metrics, per_record(send)), sent
 
 
 def test_a_poison_event_goes_to_the_dlq_and_the_rest_is_processed(
