@@ -21,9 +21,9 @@ neither sandbagged nor optimised. Per event, with stock Faust (no fast drain, no
    at once, not held until commit).
 
 No validation, deduplication, state snapshots or exactly-once outputs: it does less than the
-service, which is the point of a naive reference. Broker settings, ``/stats`` (``count``,
-``first_at`` with ``first_count``, ``last_at``, counted per event) and start-up are those of
-:mod:`bench.passthrough_app`. Configured from the environment (the benchmark sets it)::
+service, which is the point of a naive reference. Broker settings, uvloop, ``/stats``
+(counted per event) and start-up are those of :mod:`bench.passthrough_app`
+(:mod:`bench.agent_app`). Configured from the environment (the benchmark sets it)::
 
     BENCH_BOOTSTRAP=127.0.0.1:19092 BENCH_TOPIC=app.events BENCH_GROUP=naive-1 \\
     BENCH_WEB_PORT=6068 BENCH_PARTITIONS=4 BENCH_REDIS_URL=redis://127.0.0.1:6379/0 \\
@@ -34,64 +34,26 @@ service, which is the point of a naive reference. Broker settings, ``/stats`` (`
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
-import tempfile
-import time
 from datetime import datetime
 from typing import Any
 
-import mode.loop
+import orjson
+import redis.asyncio as aioredis
+from river import linear_model, preprocessing
 
-# Faust applies ``--loop`` only when first imported, so the loop policy is set first.
-mode.loop.use("uvloop")
+from bench.agent_app import bench_app, run_app
 
-import faust  # noqa: E402
-import orjson  # noqa: E402
-import redis.asyncio as aioredis  # noqa: E402
-from faust.web import Request, Response, View  # noqa: E402
-from river import linear_model, preprocessing  # noqa: E402
-
-BOOTSTRAP = os.environ.get("BENCH_BOOTSTRAP", "127.0.0.1:19092")
-TOPIC = os.environ.get("BENCH_TOPIC", "app.events")
-GROUP = os.environ.get("BENCH_GROUP", "bench-naive")
-WEB_PORT = int(os.environ.get("BENCH_WEB_PORT", "6068"))
-PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
-DATADIR = os.environ.get("BENCH_DATADIR") or tempfile.mkdtemp(prefix="naive-")
+app, events, stats = bench_app("bench-naive", 6068)
+GROUP = app.conf.id
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_PREFIX = os.environ.get("BENCH_REDIS_PREFIX", f"{GROUP}:")
 OUTPUT_TOPIC = os.environ.get("BENCH_OUTPUT_TOPIC", f"{GROUP}.warnings")
 DAY = 86_400.0
-os.makedirs(DATADIR, exist_ok=True)
 
-app = faust.App(
-    GROUP,
-    broker=[f"kafka://{s.strip()}" for s in BOOTSTRAP.split(",")],
-    value_serializer="raw",
-    key_serializer="raw",
-    web_host="127.0.0.1",
-    web_port=WEB_PORT,
-    web_bind="127.0.0.1",
-    topic_disable_leader=True,
-    topic_partitions=PARTITIONS,
-    consumer_auto_offset_reset="earliest",
-    broker_rebalance_timeout=8,
-    broker_session_timeout=10,
-    broker_heartbeat_interval=1,
-    autodiscover=False,
-    datadir=DATADIR,
-)
-events = app.topic(TOPIC, value_type=bytes, key_type=bytes)
 output_topic = app.topic(OUTPUT_TOPIC, value_type=bytes, key_type=bytes)
 model = preprocessing.StandardScaler() | linear_model.LogisticRegression()
-stats: dict[str, float | int | None] = {
-    "fast_drain": False,
-    "count": 0,
-    "first_at": None,
-    "first_count": None,
-    "last_at": None,
-}
+stats.extra["fast_drain"] = False
 
 
 @app.agent(events, name="naive")
@@ -126,27 +88,12 @@ async def naive(stream: Any) -> None:
             "events_7d": events_7d,
         }
         await output_topic.send(key=user_id.encode(), value=orjson.dumps(record))
-
-        stats["count"] = int(stats["count"] or 0) + 1
-        now = time.time()
-        if stats["first_at"] is None:
-            stats["first_at"], stats["first_count"] = now, stats["count"]
-        stats["last_at"] = now
-
-
-@app.page("/stats")
-class StatsView(View):
-    """The counters as JSON."""
-
-    async def get(self, request: Request) -> Response:
-        loop = type(asyncio.get_running_loop())
-        return self.json({**stats, "event_loop": f"{loop.__module__}.{loop.__qualname__}"})
+        stats.add(1)
 
 
 def main() -> None:
-    """Run the worker (``worker -l warn``) on uvloop, chosen at import."""
-    sys.argv = [sys.argv[0] or "naive", "worker", "-l", "warn"]
-    app.main()
+    """Run the worker on uvloop."""
+    run_app(app, "naive")
 
 
 if __name__ == "__main__":

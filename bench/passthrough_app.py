@@ -1,8 +1,7 @@
 """A bare Faust pass-through agent: the ceiling the full pipeline is compared with.
 
-It reads the events topic with the same broker settings as the service's worker
-(``broker_rebalance_timeout=8``, ``broker_session_timeout=10``, ``broker_heartbeat_interval=1``,
-raw serialisers, earliest offsets, uvloop) and the same batching
+It reads the events topic with the same broker settings as the service's worker (see
+:mod:`bench.agent_app`; uvloop) and the same batching
 (``stream.take_events(BENCH_TAKE, within=BENCH_WITHIN)``, by default 1000 and 0.05 s; the
 throughput benchmark passes the worker's batch size and backlog window), and only counts: no
 decoding, no Redis, no output.
@@ -26,86 +25,30 @@ other value keeps stock Faust. ``/stats`` says which one ran (``fast_drain``).
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
-import tempfile
-import time
 from typing import Any
 
-import mode.loop
+from bench.agent_app import bench_app, run_app
+from stream_app.faust_fastpath import install_fast_drain
 
-# Faust applies ``--loop`` only when first imported, so the loop policy is set first.
-mode.loop.use("uvloop")
-
-import faust  # noqa: E402
-from faust.web import Request, Response, View  # noqa: E402
-
-from stream_app.faust_fastpath import install_fast_drain  # noqa: E402
-
-BOOTSTRAP = os.environ.get("BENCH_BOOTSTRAP", "127.0.0.1:19092")
-TOPIC = os.environ.get("BENCH_TOPIC", "app.events")
-GROUP = os.environ.get("BENCH_GROUP", "bench-passthrough")
-WEB_PORT = int(os.environ.get("BENCH_WEB_PORT", "6067"))
-PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "4"))
-DATADIR = os.environ.get("BENCH_DATADIR") or tempfile.mkdtemp(prefix="passthrough-")
 TAKE = int(os.environ.get("BENCH_TAKE", "1000"))
 WITHIN = float(os.environ.get("BENCH_WITHIN", "0.05"))
 FAST_DRAIN = os.environ.get("BENCH_FAST_DRAIN", "") == "1"
-os.makedirs(DATADIR, exist_ok=True)
 
-app = faust.App(
-    GROUP,
-    broker=[f"kafka://{s.strip()}" for s in BOOTSTRAP.split(",")],
-    value_serializer="raw",
-    key_serializer="raw",
-    web_host="127.0.0.1",
-    web_port=WEB_PORT,
-    web_bind="127.0.0.1",
-    topic_disable_leader=True,
-    topic_partitions=PARTITIONS,
-    consumer_auto_offset_reset="earliest",
-    broker_rebalance_timeout=8,
-    broker_session_timeout=10,
-    broker_heartbeat_interval=1,
-    autodiscover=False,
-    datadir=DATADIR,
-)
-fast_drain = install_fast_drain(app) if FAST_DRAIN else False
-events = app.topic(TOPIC, value_type=bytes, key_type=bytes)
-stats: dict[str, float | int | None] = {
-    "fast_drain": fast_drain,
-    "count": 0,
-    "first_at": None,
-    "first_count": None,
-    "last_at": None,
-}
+app, events, stats = bench_app("bench-passthrough", 6067)
+stats.extra["fast_drain"] = install_fast_drain(app) if FAST_DRAIN else False
 
 
 @app.agent(events, name="passthrough")
 async def passthrough(stream: Any) -> None:
     """Count records, batch by batch, and note when."""
     async for batch in stream.take_events(TAKE, within=WITHIN):
-        stats["count"] = int(stats["count"] or 0) + len(batch)
-        now = time.time()
-        if stats["first_at"] is None:
-            stats["first_at"], stats["first_count"] = now, stats["count"]
-        stats["last_at"] = now
-
-
-@app.page("/stats")
-class StatsView(View):
-    """The counters as JSON."""
-
-    async def get(self, request: Request) -> Response:
-        loop = type(asyncio.get_running_loop())
-        return self.json({**stats, "event_loop": f"{loop.__module__}.{loop.__qualname__}"})
+        stats.add(len(batch))
 
 
 def main() -> None:
-    """Run the worker (``worker -l warn``) on uvloop, chosen at import."""
-    sys.argv = [sys.argv[0] or "passthrough", "worker", "-l", "warn"]
-    app.main()
+    """Run the worker on uvloop."""
+    run_app(app, "passthrough")
 
 
 if __name__ == "__main__":

@@ -224,53 +224,54 @@ def worker(settings: Settings, log_path: Path) -> Iterator[Proc]:
 
 
 @contextlib.contextmanager
+def agent(
+    module: str, settings: Settings, topic: str, work: Path, group: str, extra: dict[str, str]
+) -> Iterator[Proc]:
+    """A benchmark agent (``python -m {module}``, see :mod:`bench.agent_app`) on ``topic`` in
+    consumer group ``group``; ``extra`` are more ``BENCH_*`` variables (names without it)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "BENCH_BOOTSTRAP": settings.kafka_bootstrap,
+        "BENCH_TOPIC": topic,
+        "BENCH_GROUP": group,
+        "BENCH_WEB_PORT": str(port),
+        "BENCH_PARTITIONS": str(settings.partitions),
+        "BENCH_DATADIR": str(work / "faust" / group),
+        **{f"BENCH_{name}": value for name, value in extra.items()},
+    }
+    argv = [sys.executable, "-m", module]
+    with spawn(argv, env, f"http://127.0.0.1:{port}", work / f"{group}.log") as proc:
+        yield proc
+
+
 def passthrough(
     settings: Settings, topic: str, work: Path, *, fast_drain: bool = False
-) -> Iterator[Proc]:
-    """The bare pass-through agent on ``topic`` in a consumer group of its own; with
-    ``fast_drain`` it gets the worker's Faust fast path too."""
-    port = free_port()
+) -> contextlib.AbstractContextManager[Proc]:
+    """The bare pass-through agent in a fresh group; with ``fast_drain`` it gets the worker's
+    Faust fast path too. Batched like the worker under a backlog (a pre-filled topic is)."""
+    extra = {
+        "FAST_DRAIN": "1" if fast_drain else "0",
+        "TAKE": str(settings.batch_size),
+        "WITHIN": str(settings.batch_backlog_window_s),
+    }
     group = f"passthrough-{uuid.uuid4().hex[:6]}"
-    env = {
-        **os.environ,
-        "BENCH_BOOTSTRAP": settings.kafka_bootstrap,
-        "BENCH_TOPIC": topic,
-        "BENCH_GROUP": group,
-        "BENCH_WEB_PORT": str(port),
-        "BENCH_PARTITIONS": str(settings.partitions),
-        "BENCH_DATADIR": str(work / "faust" / group),
-        "BENCH_FAST_DRAIN": "1" if fast_drain else "0",
-        # Batched like the worker under a backlog (which a pre-filled topic is).
-        "BENCH_TAKE": str(settings.batch_size),
-        "BENCH_WITHIN": str(settings.batch_backlog_window_s),
-    }
-    argv = [sys.executable, "-m", "bench.passthrough_app"]
-    with spawn(argv, env, f"http://127.0.0.1:{port}", work / f"{group}.log") as proc:
-        yield proc
+    return agent("bench.passthrough_app", settings, topic, work, group, extra)
 
 
-@contextlib.contextmanager
-def naive(settings: Settings, topic: str, output_topic: str, work: Path) -> Iterator[Proc]:
-    """The naive Faust pipeline on ``topic`` in a consumer group of its own, with its own Redis
-    key prefix on the run's Redis and its own ``output_topic`` (created here)."""
+def naive(
+    settings: Settings, topic: str, output_topic: str, work: Path
+) -> contextlib.AbstractContextManager[Proc]:
+    """The naive Faust pipeline in a fresh group, with its own Redis key prefix on the run's
+    Redis and its own ``output_topic`` (created here)."""
     stack.create_topics(settings, [output_topic])
-    port = free_port()
     group = f"naive-{uuid.uuid4().hex[:6]}"
-    env = {
-        **os.environ,
-        "BENCH_BOOTSTRAP": settings.kafka_bootstrap,
-        "BENCH_TOPIC": topic,
-        "BENCH_GROUP": group,
-        "BENCH_WEB_PORT": str(port),
-        "BENCH_PARTITIONS": str(settings.partitions),
-        "BENCH_DATADIR": str(work / "faust" / group),
-        "BENCH_REDIS_URL": settings.redis_url,
-        "BENCH_REDIS_PREFIX": f"{group}:",
-        "BENCH_OUTPUT_TOPIC": output_topic,
+    extra = {
+        "REDIS_URL": settings.redis_url,
+        "REDIS_PREFIX": f"{group}:",
+        "OUTPUT_TOPIC": output_topic,
     }
-    argv = [sys.executable, "-m", "bench.naive_app"]
-    with spawn(argv, env, f"http://127.0.0.1:{port}", work / f"{group}.log") as proc:
-        yield proc
+    return agent("bench.naive_app", settings, topic, work, group, extra)
 
 
 def topic_records(settings: Settings, topic: str) -> int:
