@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -98,6 +99,19 @@ def create_app(settings: Settings) -> faust.App:
         per_record(send) if producer is None else BatchPublisher(producer, topic_names).publish
     )
     processor = Processor(settings, core, store, metrics, publish)
+
+    def on_health(healthy: bool) -> None:
+        # On shutdown and rebalance Faust waits until every event handed to an agent is
+        # acked (``stream_wait_empty``). While Redis or the broker is down the batch in hand
+        # is retried until it can commit, so that wait would never end and SIGTERM would go
+        # unanswered. Meanwhile the worker stops without waiting: the batch's events are not
+        # acked (see faust_batches), their offsets stay uncommitted, and whoever owns the
+        # partition next processes them again from the state committed in Redis.
+        with warnings.catch_warnings():  # Faust warns of any setting changed after start
+            warnings.simplefilter("ignore")
+            app.conf.stream_wait_empty = healthy
+
+    processor.on_health = on_health
 
     @app.agent(events, name="churn-score")
     async def score(stream: Any) -> None:

@@ -4,11 +4,15 @@
 A short ``w`` keeps a slow stream's latency low but, when the consumer is behind, cuts the
 backlog into small batches, and every batch pays for a Redis commit, a partition snapshot and
 a produce round trip. :func:`take_events_adaptive` is the stock generator (faust-streaming
-0.15.3, line for line: the buffering processor, acks only after the caller is done with a
-batch, the same cleanup) with one change in its wait: after ``within`` without a full
-buffer it asks ``backlogged(events)``, and while that says the consumer is behind it waits
-up to ``backlog_within`` in all for the buffer to fill. A stream that keeps up is batched
-exactly as before.
+0.15.3, line for line: the buffering processor, the same cleanup) with two changes:
+
+* its wait: after ``within`` without a full buffer it asks ``backlogged(events)``, and while
+  that says the consumer is behind it waits up to ``backlog_within`` in all for the buffer to
+  fill. A stream that keeps up is batched exactly as before;
+* its acks: a batch's events are acked only when the caller asks for the next batch, that is
+  once it has processed this one. Stock Faust also acks them when the generator is closed
+  with the caller failed or cancelled mid-batch, so a shutdown during a Redis outage would
+  commit the offsets of a batch that was never processed.
 
 On any other Faust version it is the stock ``take_events(max_, within)``, with a warning once.
 """
@@ -116,12 +120,19 @@ async def _take_events_adaptive(
                 await self.wait_for_stopped(buffer_full, timeout=extra)
             if buffer:
                 buffer_consuming = self.loop.create_future()
+                # The second change: acks only once the caller asks for the next batch. Stock
+                # Faust acks in the ``finally`` below also when the generator is closed
+                # because the caller failed or was cancelled mid-batch (a shutdown during an
+                # outage), and the offsets of a batch never processed would be committed.
+                processed = False
                 try:
                     yield list(events)
+                    processed = True
                 finally:
                     buffer.clear()
-                    for event in events:
-                        await self.ack(event)
+                    if processed:
+                        for event in events:
+                            await self.ack(event)
                     events.clear()
                     notify(buffer_consuming)
                     buffer_full.clear()

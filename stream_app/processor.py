@@ -125,9 +125,24 @@ class Processor:
         self.metrics = metrics
         self.publish = publish
         self.owned: dict[tuple[str, int], _Owned] = {}
-        self.healthy = True
+        #: Called with the new value whenever :attr:`healthy` changes (the worker uses it to
+        #: stop waiting for in-flight batches on shutdown while a dependency is down).
+        self.on_health: Callable[[bool], None] | None = None
+        self._healthy = True
         self._ttl_s = 0  # silent users expire in event time (engine deadlines), not by clock
         self._population_keys: set[str] = set()
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed Redis or broker operation until one succeeds again."""
+        return self._healthy
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        if value != self._healthy:
+            self._healthy = value
+            if self.on_health is not None:
+                self.on_health(value)
 
     async def engine(self, topic: str, partition: int) -> _Owned:
         """The engine of a partition, loaded from its last committed state on first use."""

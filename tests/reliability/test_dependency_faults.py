@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -102,3 +103,38 @@ def test_broker_frozen_briefly(
     assert worker.proc.poll() is None
     wait_health(worker.web_url, 200, timeout=60)
     assert_same_as_reference(s, inputs, s.key_prefix.rstrip(":") + "R:")
+
+
+def test_sigterm_stops_a_worker_waiting_for_redis(
+    running_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    """An orchestrator stopping a worker whose Redis is gone (a node drain during an outage)
+    gets a prompt exit, not a worker retrying until it is killed; and the batch it could not
+    commit is not lost: a worker started once Redis is back ends where an uninterrupted run
+    ends."""
+    server = RedisServer(tmp_path / "redis", free_port_for_test())
+    server.start()
+    try:
+        worker = running_worker(**own_redis(server), **WORKER)
+        s = settings_of(worker.settings_env)
+        sent = run_replay(stream(tmp_path), s.topic_events, s.kafka_bootstrap, out=io.StringIO())
+        inputs = topic_records(s, s.topic_events, expected=sent.sent)
+        wait_processed(s, sent.sent // 4, timeout=120, worker=worker)
+        server.stop()
+        wait_health(worker.web_url, 503, timeout=15)
+        time.sleep(2)  # well into the retry loop
+        began = time.monotonic()
+        worker.proc.send_signal(signal.SIGTERM)
+        try:
+            worker.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            raise AssertionError(f"no exit 20 s after SIGTERM:\n{worker.log()[-3000:]}") from None
+        assert time.monotonic() - began < 20
+
+        server.start()
+        restarted = running_worker(**own_redis(server), **WORKER)
+        wait_processed(s, sent.sent, timeout=300, worker=restarted)
+        assert_same_as_reference(s, inputs, s.key_prefix.rstrip(":") + "R:")
+    finally:
+        server.stop()
