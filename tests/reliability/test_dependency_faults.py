@@ -19,7 +19,9 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from reliability_support import (
 from tests_support import free_port_for_test
 
 from stream_app import stack
+from stream_app.settings import Settings
 from stream_app.tools.replay import run_replay
 from stream_app.tools.simulate import run_simulate
 
@@ -57,7 +60,21 @@ def wait_health(web_url: str, status: int, timeout: float) -> float:
     return time.monotonic() - began
 
 
-def test_redis_restart_mid_stream(running_worker: Callable[..., Any], tmp_path: Path) -> None:
+@dataclass
+class Outage:
+    """A worker on its own Redis, a quarter into the stream, with that Redis stopped."""
+
+    server: RedisServer
+    worker: Any
+    settings: Settings
+    sent: int
+    inputs: Any
+
+
+@contextmanager
+def redis_outage(running_worker: Callable[..., Any], tmp_path: Path) -> Iterator[Outage]:
+    """Start a worker on a Redis of its own, replay the stream, stop that Redis once a
+    quarter is committed and wait for /health to say so; the Redis is stopped at the end."""
     server = RedisServer(tmp_path / "redis", free_port_for_test())
     server.start()
     try:
@@ -66,21 +83,26 @@ def test_redis_restart_mid_stream(running_worker: Callable[..., Any], tmp_path: 
         sent = run_replay(stream(tmp_path), s.topic_events, s.kafka_bootstrap, out=io.StringIO())
         inputs = topic_records(s, s.topic_events, expected=sent.sent)
         wait_processed(s, sent.sent // 4, timeout=120, worker=worker)
-
         server.stop()
         wait_health(worker.web_url, 503, timeout=15)
+        yield Outage(server, worker, s, sent.sent, inputs)
+    finally:
+        server.stop()
+
+
+def test_redis_restart_mid_stream(running_worker: Callable[..., Any], tmp_path: Path) -> None:
+    with redis_outage(running_worker, tmp_path) as out:
+        worker, s = out.worker, out.settings
         time.sleep(4)  # a batch or more fails meanwhile and is retried
         assert worker.proc.poll() is None, "the worker died with Redis"
         assert health(worker.web_url) == 503
-        server.start()
+        out.server.start()
 
         wait_health(worker.web_url, 200, timeout=60)
-        wait_processed(s, sent.sent, timeout=300, worker=worker)
+        wait_processed(s, out.sent, timeout=300, worker=worker)
         assert processed(s) > 0
         assert "Redis unavailable" in worker.log()
-        assert_same_as_reference(s, inputs, s.key_prefix.rstrip(":") + "R:")
-    finally:
-        server.stop()
+        assert_same_as_reference(s, out.inputs, s.key_prefix.rstrip(":") + "R:")
 
 
 def test_broker_frozen_briefly(
@@ -112,16 +134,8 @@ def test_sigterm_stops_a_worker_waiting_for_redis(
     gets a prompt exit, not a worker retrying until it is killed; and the batch it could not
     commit is not lost: a worker started once Redis is back ends where an uninterrupted run
     ends."""
-    server = RedisServer(tmp_path / "redis", free_port_for_test())
-    server.start()
-    try:
-        worker = running_worker(**own_redis(server), **WORKER)
-        s = settings_of(worker.settings_env)
-        sent = run_replay(stream(tmp_path), s.topic_events, s.kafka_bootstrap, out=io.StringIO())
-        inputs = topic_records(s, s.topic_events, expected=sent.sent)
-        wait_processed(s, sent.sent // 4, timeout=120, worker=worker)
-        server.stop()
-        wait_health(worker.web_url, 503, timeout=15)
+    with redis_outage(running_worker, tmp_path) as out:
+        worker, s = out.worker, out.settings
         time.sleep(2)  # well into the retry loop
         began = time.monotonic()
         worker.proc.send_signal(signal.SIGTERM)
@@ -132,9 +146,7 @@ def test_sigterm_stops_a_worker_waiting_for_redis(
             raise AssertionError(f"no exit 20 s after SIGTERM:\n{worker.log()[-3000:]}") from None
         assert time.monotonic() - began < 20
 
-        server.start()
-        restarted = running_worker(**own_redis(server), **WORKER)
-        wait_processed(s, sent.sent, timeout=300, worker=restarted)
-        assert_same_as_reference(s, inputs, s.key_prefix.rstrip(":") + "R:")
-    finally:
-        server.stop()
+        out.server.start()
+        restarted = running_worker(**own_redis(out.server), **WORKER)
+        wait_processed(s, out.sent, timeout=300, worker=restarted)
+        assert_same_as_reference(s, out.inputs, s.key_prefix.rstrip(":") + "R:")
