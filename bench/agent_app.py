@@ -20,7 +20,6 @@ Configured from the environment (the benchmarks set it)::
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import tempfile
@@ -34,6 +33,8 @@ mode.loop.use("uvloop")
 
 import faust  # noqa: E402
 from faust.web import Request, Response, View  # noqa: E402
+
+from stream_app.web import event_loop_name  # noqa: E402
 
 
 @dataclass
@@ -56,14 +57,13 @@ class Stats:
 
     def as_json(self) -> dict[str, Any]:
         """The counters, ``extra`` and the running event loop's class."""
-        loop = type(asyncio.get_running_loop())
         return {
             **self.extra,
             "count": self.count,
             "first_at": self.first_at,
             "first_count": self.first_count,
             "last_at": self.last_at,
-            "event_loop": f"{loop.__module__}.{loop.__qualname__}",
+            "event_loop": event_loop_name(),
         }
 
 

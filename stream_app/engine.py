@@ -296,8 +296,7 @@ class PartitionEngine:
             holdout=holdout,
             playbook=core.playbook,
         )
-        # One record for the new tiers, warning state and evaluation time (what
-        # ``with_tiers``, ``with_alert`` and ``evaluated`` would build one after another).
+        # One record for the new tiers, warning state and evaluation time.
         record = UserRecord(win, state, tier_state, record.history, at)
         for emit in emits:
             level = int(emit.payload.get("level", 0)) if emit.record == "warning" else 0

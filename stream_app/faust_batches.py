@@ -115,7 +115,7 @@ async def _take_events_adaptive(
     try:
         while not self.should_stop:
             await self.wait_for_stopped(buffer_full, timeout=timeout)
-            # The one change: a consumer that is behind waits longer for a full batch.
+            # The first change: a consumer that is behind waits longer for a full batch.
             if buffer and not buffer_full.is_set() and not self.should_stop and backlogged(events):
                 await self.wait_for_stopped(buffer_full, timeout=extra)
             if buffer:

@@ -77,6 +77,12 @@ _SEGMENT_GRID: dict[int, tuple[str, str, str, str, str]] = {
 _SCORES = frozenset(range(1, 6))
 _BINS = frozenset(range(255))
 
+
+def _scores_valid(rfm: tuple[int, int, int]) -> bool:
+    """Every RFM score within 1..5."""
+    return _SCORES.issuperset(rfm) or all(1 <= s <= 5 for s in rfm)
+
+
 _LIFECYCLE_REASONS = {
     "new": "new_user_window",
     "growing": "past_new_user_window",
@@ -337,7 +343,7 @@ def segment_of(rfm: tuple[int, int, int]) -> str:
     ('champions', 'lost', 'cannot_lose')
     """
     r, f, m = rfm
-    if not _SCORES.issuperset(rfm) and not all(1 <= s <= 5 for s in rfm):
+    if not _scores_valid(rfm):
         raise ValueError(f"RFM scores must be within 1..5, got {rfm}")
     fm = (f + m + 1) // 2
     return _SEGMENT_GRID[r][fm - 1]
@@ -452,7 +458,7 @@ def _check_tiers(
         raise ValueError(f"unknown lifecycle {lifecycle!r}")
     if value_segment is not None and value_segment not in SEGMENTS:
         raise ValueError(f"unknown value segment {value_segment!r}")
-    if rfm is not None and not _SCORES.issuperset(rfm) and not all(1 <= s <= 5 for s in rfm):
+    if rfm is not None and not _scores_valid(rfm):
         raise ValueError(f"RFM scores must be within 1..5, got {rfm}")
     if (
         rfm_bins is not None

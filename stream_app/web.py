@@ -43,7 +43,7 @@ def register(
                 "healthy": ok,
                 "partitions": sorted(f"{t}:{p}" for t, p in processor.owned),
                 "assigned": _assigned(app),
-                "event_loop": _loop_name(),
+                "event_loop": event_loop_name(),
             }
             return self.json(body, status=200 if ok else 503)
 
@@ -70,7 +70,7 @@ def register(
             return self.json({"user_id": user_id, "keys_removed": removed})
 
 
-def _loop_name() -> str:
+def event_loop_name() -> str:
     """The running event loop's class, e.g. ``uvloop.Loop`` (``--no-uvloop``: asyncio's)."""
     loop = type(asyncio.get_running_loop())
     return f"{loop.__module__}.{loop.__qualname__}"
