@@ -115,13 +115,20 @@ def test_checkpoint_roundtrip_and_determinism() -> None:
         a.score(x)
         b.score(x)
     assert a.to_bytes() == b.to_bytes()
-    restored = ChurnScorer.from_bytes(a.to_bytes())
-    assert restored.version == a.version
-    for x, y in stream[600:]:
-        assert restored.score(x) == a.score(x)
+    _assert_continues_alike(ChurnScorer.from_bytes(a.to_bytes()), a, stream[600:])
+
+
+def _assert_continues_alike(
+    restored: ChurnScorer, live: ChurnScorer, rest: list[tuple[dict[str, float], bool]]
+) -> None:
+    """A restored scorer has the live one's version, scores ``rest`` alike while both learn
+    it, and ends with the same checkpoint bytes."""
+    assert restored.version == live.version
+    for x, y in rest:
+        assert restored.score(x) == live.score(x)
         restored.learn(x, y)
-        a.learn(x, y)
-    assert restored.to_bytes() == a.to_bytes()
+        live.learn(x, y)
+    assert restored.to_bytes() == live.to_bytes()
 
 
 def _v2_checkpoint(scorer: ChurnScorer) -> bytes:
@@ -140,13 +147,7 @@ def test_checkpoint_of_the_previous_version_still_loads() -> None:
     for x, y in stream[:500]:
         live.score(x)
         live.learn(x, y)
-    restored = ChurnScorer.from_bytes(_v2_checkpoint(live))
-    assert restored.version == live.version
-    for x, y in stream[500:]:
-        assert restored.score(x) == live.score(x)
-        restored.learn(x, y)
-        live.learn(x, y)
-    assert restored.to_bytes() == live.to_bytes()
+    _assert_continues_alike(ChurnScorer.from_bytes(_v2_checkpoint(live)), live, stream[500:])
 
 
 def test_checkpoint_with_full_quality_windows_restores_exactly() -> None:
